@@ -1,0 +1,189 @@
+"""Configuration: one file, overridden by environment variables.
+
+neuropipe reads its settings in this order, later sources winning:
+
+1. built-in defaults;
+2. the configuration file ``dj_local_conf.json``: the path in ``NEUROPIPE_CONFIG``, or the
+   first ``dj_local_conf.json`` found in the current directory or one of its parents
+   (DataJoint 2 no longer reads this file itself, so neuropipe does);
+3. environment variables: ``DJ_HOST``, ``DJ_PORT``, ``DJ_USER``, ``DJ_PASS``, ``DJ_BACKEND``
+   (as DataJoint 2 defines them), ``NEUROPIPE_SCHEMA_PREFIX`` and ``NEUROPIPE_STORE``.
+
+An empty or null ``database.host`` means "no server configured": neuropipe then starts its
+embedded PostgreSQL (see :mod:`neuropipe.embedded`).  Keys of the file that neuropipe does
+not own (``jobs.*``, ``display.*``, ``loglevel``, ...) are handed to ``datajoint.config``
+unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from neuropipe.errors import ConfigurationError
+
+CONFIG_FILENAME = "dj_local_conf.json"
+BACKENDS = ("postgresql", "mysql")
+_ENVIRONMENT = {
+    "DJ_HOST": "host",
+    "DJ_PORT": "port",
+    "DJ_USER": "user",
+    "DJ_PASS": "password",
+    "DJ_BACKEND": "backend",
+    "NEUROPIPE_SCHEMA_PREFIX": "schema_prefix",
+    "NEUROPIPE_STORE": "store",
+}
+_FILE_KEYS = {
+    "database.host": "host",
+    "database.port": "port",
+    "database.user": "user",
+    "database.password": "password",
+    "database.backend": "backend",
+    "neuropipe.schema_prefix": "schema_prefix",
+    "neuropipe.store": "store",
+}
+
+
+def data_home() -> Path:
+    """Return neuropipe's per-user data directory (``$NEUROPIPE_HOME`` overrides it)."""
+    if os.environ.get("NEUROPIPE_HOME"):
+        return Path(os.environ["NEUROPIPE_HOME"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "neuropipe"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved neuropipe settings.
+
+    Attributes
+    ----------
+    host : str or None
+        Database server host; None starts the embedded PostgreSQL.
+    port : int or None
+        Server port; None means the backend's default (5432 or 3306).
+    user, password : str or None, str
+        Database credentials.
+    backend : {'postgresql', 'mysql'}
+        DataJoint 2 backend.
+    schema_prefix : str
+        Prefix of every schema the bundled pipeline creates (``neuropipe_volume``, ...).
+    store : Path
+        Directory of the DataJoint store that holds arrays and models.
+    source : Path or None
+        The configuration file that was read, if any.
+    datajoint : dict
+        Further ``datajoint.config`` keys taken from the file.
+    """
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str = ""
+    backend: str = "postgresql"
+    schema_prefix: str = "neuropipe_"
+    store: Path = field(default_factory=lambda: data_home() / "store")
+    source: Path | None = None
+    datajoint: dict = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """bool: True when no server is configured and the embedded PostgreSQL is used."""
+        return not self.host
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """Return a copy with some settings replaced, validated."""
+        return _validated(replace(self, **changes))
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """Return the configuration file to read, or None.
+
+    ``NEUROPIPE_CONFIG`` names it explicitly; otherwise the first ``dj_local_conf.json`` in
+    ``start`` (default: the working directory) or one of its parents is used.
+    """
+    explicit = os.environ.get("NEUROPIPE_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigurationError(f"NEUROPIPE_CONFIG names {path}, which is not a file.")
+        return path
+    current = (start or Path.cwd()).resolve()
+    for folder in (current, *current.parents):
+        if (folder / CONFIG_FILENAME).is_file():
+            return folder / CONFIG_FILENAME
+    return None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read defaults, the configuration file and the environment into :class:`Settings`.
+
+    Parameters
+    ----------
+    path : Path, optional
+        Configuration file to read. Default: :func:`find_config_file`.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ConfigurationError
+        If the file is not valid JSON or a value has the wrong type.
+    """
+    path = path or find_config_file()
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if path is not None:
+        for key, value in _read_json(path).items():
+            if key in _FILE_KEYS:
+                if value is not None:
+                    values[_FILE_KEYS[key]] = value
+            else:
+                extra[key] = value
+    for variable, name in _ENVIRONMENT.items():
+        if os.environ.get(variable) not in (None, ""):
+            values[name] = os.environ[variable]
+    if "store" in values:
+        values["store"] = _resolve_store(values["store"], path)
+    return _validated(Settings(**values, source=path, datajoint=extra))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigurationError(f"Cannot read configuration file {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"Configuration file {path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _resolve_store(value: str, config_file: Path | None) -> Path:
+    store = Path(value).expanduser()
+    if not store.is_absolute() and config_file is not None:
+        store = config_file.parent / store
+    return store
+
+
+def _validated(settings: Settings) -> Settings:
+    if settings.backend not in BACKENDS:
+        raise ConfigurationError(
+            f"database.backend / DJ_BACKEND is {settings.backend!r}; expected one of {', '.join(BACKENDS)}."
+        )
+    port = settings.port
+    if port is not None:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"database.port / DJ_PORT is {port!r}; expected an integer.") from None
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"database.port / DJ_PORT is {port}; expected 1..65535.")
+    if ":" in (settings.host or ""):
+        host, _, host_port = settings.host.rpartition(":")
+        return _validated(replace(settings, host=host, port=host_port))
+    return replace(settings, port=port, store=Path(settings.store), password=str(settings.password or ""))

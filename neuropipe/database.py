@@ -1,0 +1,114 @@
+"""Connecting to the database that coordinates the pipeline.
+
+:func:`connect` turns :class:`~neuropipe.config.Settings` into a live DataJoint connection:
+it configures ``datajoint.config`` (server, store, job bookkeeping), starts the embedded
+PostgreSQL when no server is configured, and replaces DataJoint's low-level connection
+errors with one that names the server and says how to configure another.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from neuropipe.config import Settings, load_settings
+from neuropipe.errors import DatabaseUnreachableError
+
+logger = logging.getLogger(__name__)
+
+STORE_NAME = "neuropipe"
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+# Provenance the pipeline relies on: job rows are kept after success (who ran what, where,
+# when, for how long) and every computed row carries its start time, duration and version.
+_JOB_BOOKKEEPING = {"jobs.keep_completed": True, "jobs.add_job_metadata": True}
+
+
+def import_datajoint():
+    """Import datajoint without its import-time warnings (it looks for a file we do not use)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import datajoint
+
+    return datajoint
+
+
+def configure_datajoint(settings: Settings) -> None:
+    """Write the settings DataJoint needs into ``datajoint.config``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Resolved neuropipe settings.
+    """
+    dj = import_datajoint()
+    for key, value in {**_JOB_BOOKKEEPING, **settings.datajoint}.items():
+        dj.config[key] = value
+    settings.store.mkdir(parents=True, exist_ok=True)
+    dj.config["stores"] = {
+        "default": STORE_NAME,
+        STORE_NAME: {"protocol": "file", "location": str(settings.store)},
+    }
+
+
+def server_address(settings: Settings) -> Settings:
+    """Return settings that point at a running server, starting the embedded one if needed."""
+    if not settings.embedded:
+        return settings.with_overrides(
+            port=settings.port or _DEFAULT_PORTS[settings.backend], user=settings.user or "root"
+        )
+    from neuropipe.embedded import EmbeddedPostgres
+
+    info = EmbeddedPostgres().ensure_running()
+    return settings.with_overrides(host=info.host, port=info.port, user=info.user, backend="postgresql")
+
+
+def connect(settings: Settings | None = None):
+    """Open a DataJoint connection as configured.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Default: :func:`neuropipe.config.load_settings`.
+
+    Returns
+    -------
+    datajoint.Connection
+        Also installed as DataJoint's global connection (``dj.conn()``).
+
+    Raises
+    ------
+    DatabaseUnreachableError
+        If the server does not answer; the message names it and how to configure another.
+    """
+    settings = server_address(settings or load_settings())
+    configure_datajoint(settings)
+    dj = import_datajoint()
+    for key, value in {
+        "database.host": settings.host,
+        "database.port": settings.port,
+        "database.user": settings.user,
+        "database.password": settings.password,
+        "database.backend": settings.backend,
+    }.items():
+        dj.config[key] = value
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            connection = dj.conn(reset=True)
+    except Exception as error:
+        raise DatabaseUnreachableError(_unreachable_message(settings, error)) from error
+    logger.info("connected to %s at %s:%s", settings.backend, settings.host, settings.port)
+    return connection
+
+
+def _unreachable_message(settings: Settings, error: Exception) -> str:
+    origin = f"from {settings.source}" if settings.source else "(no dj_local_conf.json found)"
+    return (
+        f"Cannot connect to the {settings.backend} server at {settings.host}:{settings.port} "
+        f"as user {settings.user!r}: {error.__class__.__name__}: {error}. "
+        f"Settings come {origin} and the environment. Check that the server is running, "
+        "or point neuropipe at another one with DJ_HOST, DJ_PORT, DJ_USER, DJ_PASS and DJ_BACKEND "
+        "(or database.* in dj_local_conf.json); leave database.host empty and DJ_HOST unset to use "
+        "the embedded PostgreSQL."
+    )

@@ -1,0 +1,186 @@
+"""The demo: the whole chain on a sample volume, through the same worker loop as the daemons.
+
+Without a source the demo makes its own sample: two small synthetic EM-like volumes with
+known cells (one to train on, one to evaluate), written once under the data directory.
+With ``source`` (and ``labels``) it runs the same chain on real data: the first part of the
+stack trains the model, the rest is held out for evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neuropipe import ops
+from neuropipe.config import Settings, data_home
+from neuropipe.database import connect
+from neuropipe.io import format_bbox, parse_source, volume_shape
+from neuropipe.worker import pipeline_tables, run_worker
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_SHAPE = (24, 128, 128)
+SAMPLE_CELL_DIAMETER = 14
+
+
+@dataclass
+class Plan:
+    """What the demo registers: datasets, annotations and one parameter set per table."""
+
+    datasets: list[dict]
+    annotations: list[dict]
+    training: dict
+    inference: dict = field(default_factory=dict)
+    detection: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=lambda: {"radius": 5.0, "threshold": 0.5})
+
+
+def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0.5) -> Plan:
+    """Write the synthetic sample (once) and return the plan that processes it.
+
+    Parameters
+    ----------
+    folder : Path, optional
+        Where the sample files go. Default: ``<data home>/samples``.
+    seed : int, optional
+        Seed of the training volume; the evaluation volume uses ``seed + 1``.
+    minutes : float, optional
+        Training time budget.
+    """
+    folder = Path(folder or data_home() / "samples")
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets, annotations = [], []
+    for name, volume_seed, purpose in (("sample_train", seed, "train"), ("sample_eval", seed + 1, "evaluate")):
+        path = folder / f"{name}_seed{volume_seed}.npz"
+        if not path.exists():
+            sample = ops.make_sample(SAMPLE_SHAPE, seed=volume_seed, cell_diameter=SAMPLE_CELL_DIAMETER)
+            np.savez_compressed(path, image=sample.image, cells=sample.cells)
+        datasets.append(dict(dataset=name, source=f"file://{path}#image", description="synthetic EM-like sample"))
+        annotations.append(dict(dataset=name, kind="cells", purpose=purpose, source=f"file://{path}#cells"))
+    return Plan(
+        datasets=datasets,
+        annotations=annotations,
+        training=dict(iterations=400, minutes=minutes, seed=seed),
+        detection=dict(method="spheres", threshold=0.5, stop=0.5, sphere_size=10, dilation=2),
+    )
+
+
+def source_plan(source: str, labels: str | None, *, name: str | None = None, train_fraction: float = 2 / 3,
+                voxel_size=(1.0, 1.0, 1.0), labels_kind: str = "membrane", minutes: float = 2.0) -> Plan:
+    """Return the plan for a real volume: its first planes train, the rest evaluate.
+
+    Parameters
+    ----------
+    source, labels : str
+        URIs of the image and of its expert labels (see :func:`neuropipe.io.parse_source`).
+    name : str, optional
+        Dataset name prefix. Default: the source file's stem.
+    train_fraction : float, optional
+        Fraction of the z planes used for training. Default 2/3 (ISBI 2012: 20 of 30).
+    voxel_size : tuple of float
+        ZYX voxel size in nm.
+    labels_kind : {'membrane', 'cells'}
+    minutes : float
+        Training time budget.
+    """
+    depth, height, width = volume_shape(source)
+    name = name or parse_source(source).path.stem
+    split = max(1, min(depth - 1, round(depth * train_fraction)))
+    parts = (("train", (0, split), "train"), ("eval", (split, depth), "evaluate"))
+    voxel = dict(zip(("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"), map(float, voxel_size)))
+    datasets, annotations = [], []
+    for suffix, planes, purpose in parts:
+        bbox = format_bbox((planes, (0, height), (0, width)))
+        datasets.append(dict(dataset=f"{name}_{suffix}", source=source, bbox=bbox, **voxel))
+        if labels:
+            annotations.append(dict(dataset=f"{name}_{suffix}", kind=labels_kind, purpose=purpose,
+                                    source=labels, bbox=bbox, min_cell_voxels=20))
+    return Plan(
+        datasets=datasets,
+        annotations=annotations,
+        training=dict(iterations=100000, minutes=minutes, seed=0),
+        detection=dict(method="components", threshold=0.5, min_voxels=20),
+    )
+
+
+def register(plan: Plan) -> None:
+    """Insert the plan's datasets, annotations and parameter sets (again is harmless)."""
+    from schemas import detection, membrane, metrics, volume
+
+    volume.Dataset.insert(plan.datasets, skip_duplicates=True)
+    volume.Annotation.insert(plan.annotations, skip_duplicates=True)
+    membrane.TrainingParams.insert_params(plan.training, "demo")
+    membrane.InferenceParams.insert_params(plan.inference, "demo")
+    detection.DetectionParams.insert_params(plan.detection, "demo")
+    metrics.MetricsParams.insert_params(plan.metrics, "demo")
+
+
+def run_demo(plan: Plan, settings: Settings, *, connection=None) -> dict:
+    """Register ``plan`` and drain the pipeline with the worker loop; return the results.
+
+    Returns
+    -------
+    dict
+        ``rows`` (table name -> row count), ``membrane`` and ``detection`` (lists of score
+        dicts), ``failed`` (table name -> error messages) and ``seconds``.
+    """
+    import schemas
+
+    start = time.perf_counter()
+    connection = connection or connect(settings)
+    schemas.activate(settings.schema_prefix, connection)
+    register(plan)
+    names = {entry["dataset"] for entry in plan.datasets}
+    tally = run_worker(pipeline_tables([schemas]), max_idle=0, restrictions=([{"dataset": n} for n in names],))
+    return collect_results(names, tally, time.perf_counter() - start)
+
+
+def collect_results(names, tally, seconds: float) -> dict:
+    """Gather row counts and scores of the datasets ``names`` after a run."""
+    from schemas import MODULES, metrics
+
+    restriction = [{"dataset": name} for name in sorted(names)]
+    rows = {}
+    for module in MODULES:
+        for table in pipeline_tables([module]):
+            rows[table.__name__] = len(table() & restriction)
+    return {
+        "rows": rows,
+        "membrane": (metrics.MembraneMetrics & restriction).to_dicts(order_by="dataset"),
+        "detection": (metrics.DetectionMetrics & restriction).to_dicts(order_by="dataset"),
+        "failed": {name: t.errors for name, t in tally.items() if t.errors},
+        "seconds": seconds,
+    }
+
+
+def format_results(results: dict, settings: Settings) -> str:
+    """Render demo results as the short text report the CLI prints."""
+    lines = [f"Pipeline finished in {results['seconds']:.1f} s.", "", "Rows per table:"]
+    lines += [f"  {name:<18} {count}" for name, count in results["rows"].items()]
+    lines += ["", "Membrane maps (vs annotation):", "  dataset              pixel error  F1     adapted Rand error"]
+    lines += [
+        f"  {row['dataset']:<20} {row['pixel_error']:<12.4f} {row['f1']:<6.3f} {row['adapted_rand_error']:.4f}"
+        for row in results["membrane"]
+    ]
+    lines += ["", "Cell detections (vs annotated cells):", "  dataset              precision  recall  F1     TP/FP/FN"]
+    lines += [
+        f"  {row['dataset']:<20} {row['precision']:<10.3f} {row['recall']:<7.3f} {row['f1']:<6.3f} "
+        f"{row['true_positives']}/{row['false_positives']}/{row['false_negatives']}"
+        for row in results["detection"]
+    ]
+    for table, errors in results["failed"].items():
+        lines += ["", f"{table} failed:"] + [f"  {key}: {message}" for key, message in errors]
+    lines += [
+        "",
+        "Look further:",
+        "  neuropipe status                      # per table: done, pending, errors",
+        "  python -c 'import neuropipe, schemas; neuropipe.connect(); schemas.activate(\"%s\");"
+        " print(schemas.metrics.MembraneMetrics())'" % settings.schema_prefix,
+        "  tables: schemas.volume.Volume, schemas.membrane.MembraneMap, schemas.detection.CellDetection.Cell,",
+        "          schemas.metrics.MembraneMetrics, schemas.metrics.DetectionMetrics (and each table's .jobs)",
+    ]
+    return "\n".join(lines)

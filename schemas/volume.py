@@ -1,0 +1,188 @@
+"""Volumes and their expert annotations: where every pipeline run begins.
+
+A scientist registers a :class:`Dataset` (a source URI, an optional bounding box, the voxel
+size) and, where experts labelled it, an :class:`Annotation`.  Workers then import the
+arrays into :class:`Volume` and :class:`AnnotationVolume`, which keep them in the DataJoint
+store (``<npy@neuropipe>``), never in a table blob.
+"""
+
+import numpy as np
+
+from neuropipe import ops
+from neuropipe.database import import_datajoint
+from neuropipe.errors import BadInputError
+from neuropipe.io import parse_bbox, parse_source, read_volume
+
+dj = import_datajoint()
+schema = dj.Schema()
+
+
+def _check_source(row: dict) -> None:
+    parse_source(row["source"])
+    if row.get("bbox"):
+        parse_bbox(row["bbox"])
+
+
+class _CheckedInsert:
+    """Check source URIs and bounding boxes when rows are inserted, before anything is stored."""
+
+    def insert(self, rows, **kwargs):
+        """Insert rows after checking their ``source`` and ``bbox`` syntax (see ``dj.Table.insert``)."""
+        if isinstance(rows, (list, tuple)):
+            for row in rows:
+                if isinstance(row, dict):
+                    _check_source(row)
+        super().insert(rows, **kwargs)
+
+
+@schema
+class Dataset(_CheckedInsert, dj.Manual):
+    """An image volume to process, named by a source URI.
+
+    Attributes
+    ----------
+    dataset : str
+        Short unique name.
+    source : str
+        Where the image lies: ``file:///path/stack.tif``, ``file://x.npz#image``, ...
+    bbox : str or None
+        ``"z0:z1,y0:y1,x0:x1"`` (half-open, ZYX voxels) to cut out; None takes everything.
+    voxel_z_nm, voxel_y_nm, voxel_x_nm : float
+        Voxel size in nanometres.
+    description : str
+    """
+
+    definition = """
+    dataset : varchar(64)                 # short unique name
+    ---
+    source : varchar(1024)                # URI of the image volume
+    bbox = null : varchar(255)            # "z0:z1,y0:y1,x0:x1" half-open ZYX voxels; null = all
+    voxel_z_nm = 1 : float64              # voxel size along z, nm
+    voxel_y_nm = 1 : float64              # voxel size along y, nm
+    voxel_x_nm = 1 : float64              # voxel size along x, nm
+    description = "" : varchar(1024)
+    """
+
+
+@schema
+class Annotation(_CheckedInsert, dj.Manual):
+    """Expert labels of a dataset, registered like the dataset itself.
+
+    Attributes
+    ----------
+    kind : {'membrane', 'cells'}
+        ``membrane``: a mask, nonzero on membrane.  ``cells``: instance labels, 0 on membrane
+        and background.  Either kind yields both a membrane mask and cell objects.
+    purpose : {'train', 'evaluate'}
+        Whether models are trained on these labels or results are scored against them.
+    """
+
+    definition = """
+    -> Dataset
+    ---
+    kind : enum('membrane', 'cells')      # what the labels mark
+    purpose : enum('train', 'evaluate')   # train models on it, or score results against it
+    source : varchar(1024)                # URI of the label volume
+    bbox = null : varchar(255)            # as Dataset.bbox; must give the same shape
+    min_cell_voxels = 0 : int32           # cells smaller than this are dropped (dust)
+    """
+
+
+@schema
+class Volume(dj.Imported):
+    """The image of a dataset, imported into the store.
+
+    Attributes
+    ----------
+    image : ndarray (via ``<npy@neuropipe>``)
+        ZYX voxels; ``numpy.asarray(row['image'])`` loads it.
+    depth, height, width : int
+        Shape in voxels.
+    """
+
+    definition = """
+    -> Dataset
+    ---
+    image : <npy@neuropipe>               # ZYX image
+    depth : int32                         # voxels along z
+    height : int32                        # voxels along y
+    width : int32                         # voxels along x
+    dtype : varchar(16)
+    intensity_min : float64
+    intensity_max : float64
+    intensity_mean : float64
+    """
+
+    def make(self, key):
+        """Read the dataset's source (within its bbox), check it and store it."""
+        source, bbox = (Dataset & key).fetch1("source", "bbox")
+        image = read_volume(source, bbox)
+        if image.min() == image.max():
+            raise BadInputError(f"dataset {key['dataset']!r}: the volume is constant ({image.min()}), nothing to segment.")
+        depth, height, width = image.shape
+        self.insert1(
+            dict(key, image=image, depth=depth, height=height, width=width, dtype=str(image.dtype),
+                 intensity_min=float(image.min()), intensity_max=float(image.max()),
+                 intensity_mean=float(image.mean()))
+        )
+
+
+@schema
+class AnnotationVolume(dj.Imported):
+    """An annotation imported as a membrane mask plus labelled cells.
+
+    Attributes
+    ----------
+    membrane : ndarray of bool (via ``<npy@neuropipe>``)
+        True on membrane.
+    cells : ndarray of uint32 (via ``<npy@neuropipe>``)
+        Cell instance labels 1..N, 0 elsewhere.
+    """
+
+    definition = """
+    -> Annotation
+    -> Volume
+    ---
+    membrane : <npy@neuropipe>            # bool ZYX, True on membrane
+    cells : <npy@neuropipe>               # uint32 ZYX cell labels, 0 = none
+    cell_count : int32
+    membrane_fraction : float64
+    """
+
+    class Cell(dj.Part):
+        """One annotated cell (a connected component of the labels)."""
+
+        definition = """
+        -> master
+        cell_id : int32
+        ---
+        centroid_z : float64               # voxels
+        centroid_y : float64
+        centroid_x : float64
+        voxel_count : int64
+        bbox : varchar(255)                # "z0:z1,y0:y1,x0:x1"
+        """
+
+    def make(self, key):
+        """Read the labels, derive the membrane mask and the cells, and store both."""
+        kind, source, bbox, dust = (Annotation & key).fetch1("kind", "source", "bbox", "min_cell_voxels")
+        labels = read_volume(source, bbox)
+        depth, height, width = (Volume & key).fetch1("depth", "height", "width")
+        if labels.shape != (depth, height, width):
+            raise BadInputError(
+                f"annotation of {key['dataset']!r} has shape {labels.shape}, the volume {(depth, height, width)}."
+            )
+        membrane = labels != 0 if kind == "membrane" else labels == 0
+        cells = ops.label_components(~membrane if kind == "membrane" else labels, connectivity=6, dust=dust)
+        self.insert1(dict(key, membrane=membrane, cells=cells.labels, cell_count=len(cells.voxel_counts),
+                          membrane_fraction=float(membrane.mean())))
+        self.Cell.insert(_cell_rows(key, cells))
+
+
+def _cell_rows(key: dict, cells) -> list[dict]:
+    boxes = np.asarray(cells.bounding_boxes).reshape(-1, 6)
+    return [
+        dict(key, cell_id=index + 1, centroid_z=z, centroid_y=y, centroid_x=x, voxel_count=int(count),
+             bbox=",".join(f"{box[2 * axis]}:{box[2 * axis + 1]}" for axis in range(3)))
+        for index, ((z, y, x), count, box) in enumerate(zip(cells.centroids, cells.voxel_counts, boxes))
+    ]
