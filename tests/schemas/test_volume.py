@@ -1,0 +1,96 @@
+"""Importing volumes and annotations; bad input recorded in the job table, nothing partial stored."""
+
+import numpy as np
+import pytest
+
+from neuropipe.errors import BadInputError
+from neuropipe.worker import pipeline_tables, run_worker
+
+
+def drain(module):
+    """Populate the tables of ``module`` once through the worker loop; return the tallies."""
+    return run_worker(pipeline_tables([module]), max_idle=0)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(6, 32, 40), dtype=np.uint8)
+    cells = np.zeros(image.shape, np.uint16)
+    cells[1:5, 2:10, 2:10] = 7
+    cells[1:5, 20:30, 20:35] = 9
+    path = tmp_path / "stack.npz"
+    np.savez(path, image=image, cells=cells)
+    return path, image, cells
+
+
+def test_volume_and_annotation_are_imported_into_the_store(pipeline, stack):
+    path, image, cells = stack
+    volume = pipeline.volume
+    volume.Dataset.insert1(dict(dataset="d", source=f"file://{path}#image", bbox="1:6,0:32,0:40"))
+    volume.Annotation.insert1(dict(dataset="d", kind="cells", purpose="evaluate", source=f"file://{path}#cells",
+                                   bbox="1:6,0:32,0:40"))
+    drain(volume)
+    row = (volume.Volume & {"dataset": "d"}).fetch1()
+    np.testing.assert_array_equal(np.asarray(row["image"]), image[1:])
+    assert (row["depth"], row["height"], row["width"]) == (5, 32, 40)
+    annotation = (volume.AnnotationVolume & {"dataset": "d"}).fetch1()
+    assert annotation["cell_count"] == 2
+    np.testing.assert_array_equal(np.asarray(annotation["membrane"]), cells[1:] == 0)
+    centroids = sorted(volume.AnnotationVolume.Cell.to_arrays("centroid_y")[0])
+    assert centroids == pytest.approx([5.5, 24.5])
+    jobs = volume.Volume().jobs & {"dataset": "d"}
+    assert jobs.fetch1("status") == "success"
+
+
+@pytest.mark.parametrize(
+    "source, bbox, message",
+    [
+        ("file:///nonexistent/stack.npy", None, "does not exist"),
+        ("STACK#image", "0:6,0:64,0:40", "reaches outside"),
+        ("STACK#nothing", None, "no array 'nothing'"),
+        ("NANS", None, "NaN or infinite"),
+        ("FLAT", None, "the volume is constant"),
+    ],
+)
+def test_bad_input_is_recorded_in_the_job_table(pipeline, stack, tmp_path, source, bbox, message):
+    path = stack[0]
+    np.save(tmp_path / "nans.npy", np.full((2, 4, 4), np.nan, np.float32))
+    np.save(tmp_path / "flat.npy", np.zeros((2, 4, 4), np.uint8))
+    source = (source.replace("STACK", f"file://{path}").replace("NANS", f"file://{tmp_path}/nans.npy")
+              .replace("FLAT", f"file://{tmp_path}/flat.npy"))
+    volume = pipeline.volume
+    volume.Dataset.insert1(dict(dataset="good", source=f"file://{path}#image"))
+    volume.Dataset.insert1(dict(dataset="bad", source=source, bbox=bbox))
+    tally = drain(volume)
+    assert tally["Volume"].made == 1 and tally["Volume"].failed == 1
+    assert len(volume.Volume()) == 1 and volume.Volume & {"dataset": "good"}
+    error = (volume.Volume().jobs & {"dataset": "bad"}).fetch1()
+    assert error["status"] == "error"
+    assert "BadInputError" in error["error_message"] and message in error["error_message"]
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (dict(source="bossdb://lab/coll/chan"), "unsupported scheme 'bossdb'"),
+        (dict(source="file:///data/x.h5"), "'.h5' are not supported"),
+        (dict(source="file:///data/x.npy", bbox="0:10,0:10"), "three ranges"),
+    ],
+)
+def test_malformed_rows_are_refused_at_insert(pipeline, row, message):
+    with pytest.raises(BadInputError, match=message):
+        pipeline.volume.Dataset.insert1(dict(dataset="x", **row))
+    assert len(pipeline.volume.Dataset()) == 0
+
+
+def test_annotation_of_another_shape_is_an_error(pipeline, stack):
+    path = stack[0]
+    volume = pipeline.volume
+    volume.Dataset.insert1(dict(dataset="d", source=f"file://{path}#image"))
+    volume.Annotation.insert1(dict(dataset="d", kind="cells", purpose="train", source=f"file://{path}#cells",
+                                   bbox="0:2,0:32,0:40"))
+    drain(volume)
+    assert len(volume.AnnotationVolume()) == 0 and len(volume.AnnotationVolume.Cell()) == 0
+    message = (volume.AnnotationVolume().jobs & {"dataset": "d"}).fetch1("error_message")
+    assert "has shape (2, 32, 40), the volume (6, 32, 40)" in message
