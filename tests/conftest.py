@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,9 +46,13 @@ def _reachable(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def neuropipe_home(tmp_path_factory):
-    """A private neuropipe data directory (embedded server, samples) for the test session."""
-    home = tmp_path_factory.mktemp("neuropipe-home")
+def neuropipe_home():
+    """A private neuropipe data directory (embedded server, samples) for the test session.
+
+    It lies directly under the system temporary directory, not pytest's (mode 700 for root),
+    because under root the embedded server runs as an unprivileged user that must reach it.
+    """
+    home = Path(tempfile.mkdtemp(prefix="neuropipe-test-"))
     os.chmod(home, 0o755)
     previous = os.environ.get("NEUROPIPE_HOME")
     os.environ["NEUROPIPE_HOME"] = str(home)
@@ -55,6 +61,7 @@ def neuropipe_home(tmp_path_factory):
         os.environ.pop("NEUROPIPE_HOME", None)
     else:
         os.environ["NEUROPIPE_HOME"] = previous
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ ROOT = os.geteuid() == 0
 
 @pytest.fixture
 def base(tmp_path):
-    """A directory the server's user can reach (pytest's tmp dirs are mode 700 under root)."""
+    """Yield a directory the server's user can reach (/tmp/pytest-of-root is mode 700)."""
     if not ROOT:
         yield tmp_path
         return
@@ -31,7 +31,7 @@ def base(tmp_path):
 
 @pytest.fixture
 def server(base):
-    """An embedded server in a fresh data directory, always stopped afterwards."""
+    """Yield an embedded server in a fresh data directory; stop it afterwards."""
     pg = EmbeddedPostgres(base / "pgdata")
     yield pg
     pg.stop()
@@ -45,6 +45,7 @@ def _query(info, sql):
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
+    """NEUROPIPE_HOME wins; root gets /var/lib/neuropipe; others follow XDG_DATA_HOME."""
     monkeypatch.setenv("NEUROPIPE_HOME", str(tmp_path))
     assert embedded.default_data_dir() == tmp_path / "pgdata"
     assert embedded.DEFAULT_DATA_DIR == tmp_path / "pgdata"
@@ -57,12 +58,14 @@ def test_default_data_dir(monkeypatch, tmp_path):
 
 
 def test_constructor_has_no_side_effects(base):
+    """Constructing a server and asking its status creates nothing."""
     pg = EmbeddedPostgres(base / "a" / "pgdata")
     assert not (base / "a").exists()
     assert pg.status() == {"running": False, "pid": None, "port": None, "data_dir": base / "a" / "pgdata"}
 
 
 def test_start_reuse_restart_persist(server, caplog):
+    """Start, reuse the running server, stop twice, restart: the data persists."""
     caplog.set_level("INFO", logger="neuropipe.embedded")
     started = time.perf_counter()
     info = server.ensure_running()
@@ -94,6 +97,7 @@ def test_start_reuse_restart_persist(server, caplog):
 
 
 def test_recorded_port_taken(server):
+    """A restart moves to a free port, and records it, when the recorded one is taken."""
     import socket
 
     port = server.ensure_running().port
@@ -109,6 +113,7 @@ def test_recorded_port_taken(server):
 
 
 def test_concurrent_start(server):
+    """Two processes starting at once share one server."""
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         results = [pool.apply_async(EmbeddedPostgres(server.data_dir).ensure_running) for _ in range(2)]
         infos = [result.get(timeout=120) for result in results]
@@ -117,6 +122,7 @@ def test_concurrent_start(server):
 
 
 def test_datajoint_connects(server):
+    """DataJoint 2 connects to the embedded server with the returned address."""
     import datajoint as dj
 
     info = server.ensure_running()
@@ -130,6 +136,7 @@ def test_datajoint_connects(server):
 
 
 def test_not_empty_data_dir_is_refused(base):
+    """A non-empty directory without a cluster is not touched."""
     (base / "pgdata").mkdir()
     (base / "pgdata" / "stray.txt").write_text("x")
     with pytest.raises(EmbeddedPostgresError, match="not empty"):
@@ -137,17 +144,20 @@ def test_not_empty_data_dir_is_refused(base):
 
 
 @pytest.mark.skipif(not ROOT, reason="the service user only exists under root")
-def test_root_unreachable_data_dir_is_refused(tmp_path):
+def test_root_unreachable_data_dir_is_refused():
+    """Under root, a data dir the service user cannot reach gives an error that says so."""
     hidden = Path(tempfile.mkdtemp(prefix="neuropipe-test-"))  # mode 700, owned by root
     try:
         with pytest.raises(EmbeddedPostgresError, match="cannot reach"):
-            EmbeddedPostgres(hidden / "pgdata").ensure_running()
+            EmbeddedPostgres(hidden / "home" / "pgdata").ensure_running()
+        assert not (hidden / "home" / "pgdata").exists() and (hidden / "home").stat().st_uid == 0
     finally:
         shutil.rmtree(hidden, ignore_errors=True)
 
 
 @pytest.mark.skipif(not ROOT, reason="binaries are only copied for the service user under root")
 def test_root_copies_unreachable_binaries(base, monkeypatch):
+    """Under root, binaries the service user cannot reach are copied once and run from the copy."""
     hidden = Path(tempfile.mkdtemp(prefix="neuropipe-venv-"))  # like a venv under /root
     try:
         site = embedded._pginstall().parent.parent
