@@ -90,6 +90,8 @@ def connect(settings: Settings | None = None):
         "database.user": settings.user,
         "database.password": settings.password,
         "database.backend": settings.backend,
+        # the embedded server listens on loopback only and has no certificate
+        **({"database.use_tls": False} if settings.host in ("127.0.0.1", "localhost") else {}),
     }.items():
         dj.config[key] = value
     try:

@@ -12,7 +12,7 @@ from neuropipe import ops
 from neuropipe.database import import_datajoint
 from neuropipe.params import ParamSet, fraction, positive
 
-from schemas.volume import AnnotationVolume, Volume
+from schemas.volume import Annotation, AnnotationVolume, Volume
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -88,7 +88,7 @@ class MembraneModel(dj.Computed):
     @property
     def key_source(self):
         """Annotations meant for training, under every training parameter set."""
-        return (AnnotationVolume & "purpose = 'train'").proj() * TrainingParams.proj()
+        return (AnnotationVolume.proj() & (Annotation & "purpose = 'train'")) * TrainingParams.proj()
 
     def make(self, key):
         """Train on the annotated volume and store the model."""

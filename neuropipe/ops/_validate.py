@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "as_volume",
     "check_fraction",
+    "check_nonnegative",
     "check_positive",
     "check_nonnegative_int",
     "check_positive_int",
@@ -28,7 +29,7 @@ def as_volume(arr, name, *, allow_bool=True):
 
     Parameters
     ----------
-    arr : array_like, shape (Z, Y, X)
+    arr : array_like of shape (Z, Y, X)
         Candidate volume.
     name : str
         Argument name used in error messages.
@@ -37,7 +38,7 @@ def as_volume(arr, name, *, allow_bool=True):
 
     Returns
     -------
-    numpy.ndarray, shape (Z, Y, X)
+    ndarray of shape (Z, Y, X)
         The input as an ndarray with the dtype it had.
 
     Raises
@@ -142,6 +143,35 @@ def check_positive(name, value):
     """
     if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name, value):
+    """Return ``value`` as float after checking it is finite and >= 0.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in error messages.
+    value : float
+        Candidate value.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a finite real number greater than or equal to zero.
+
+    Examples
+    --------
+    >>> check_nonnegative("dilation", 0)
+    0.0
+    """
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return float(value)
 
 
@@ -253,7 +283,7 @@ def check_same_shape(a, b, name_a, name_b):
 
     Parameters
     ----------
-    a, b : numpy.ndarray
+    a, b : ndarray
         Arrays to compare.
     name_a, name_b : str
         Argument names used in the error message.

@@ -37,7 +37,7 @@ def test_volume_and_annotation_are_imported_into_the_store(pipeline, stack):
     annotation = (volume.AnnotationVolume & {"dataset": "d"}).fetch1()
     assert annotation["cell_count"] == 2
     np.testing.assert_array_equal(np.asarray(annotation["membrane"]), cells[1:] == 0)
-    centroids = sorted(volume.AnnotationVolume.Cell.to_arrays("centroid_y")[0])
+    centroids = sorted(volume.AnnotationVolume.Cell.to_arrays("centroid_y"))
     assert centroids == pytest.approx([5.5, 24.5])
     jobs = volume.Volume().jobs & {"dataset": "d"}
     assert jobs.fetch1("status") == "success"

@@ -1,0 +1,44 @@
+"""Pure compute kernels of neuropipe (no database access).
+
+Everything here works on numpy arrays in ZYX (plane, row, column) order.
+Implementations live in the submodules; the public names are re-exported
+here.
+"""
+
+from __future__ import annotations
+
+from .components import Components, label_components
+from .detect import Detections, detect_cells
+from .gmm import gmm_probability
+from .metrics import (
+    MatchResult,
+    PixelScores,
+    VariationOfInformation,
+    adapted_rand_error,
+    match_centroids,
+    pixel_scores,
+    variation_of_information,
+)
+from .synthetic import SyntheticSample, make_sample
+from .unet import MembraneModel, UNet2d, predict_membrane, train_membrane
+
+__all__ = [
+    "Components",
+    "Detections",
+    "MatchResult",
+    "MembraneModel",
+    "PixelScores",
+    "SyntheticSample",
+    "UNet2d",
+    "VariationOfInformation",
+    "adapted_rand_error",
+    "detect_cells",
+    "gmm_probability",
+    "label_components",
+    "make_sample",
+    "match_centroids",
+    "pixel_scores",
+    "predict_membrane",
+    "train_membrane",
+    "variation_of_information",
+]

@@ -1,0 +1,165 @@
+"""detect_cells: planted balls, anisotropy, borders, limits, exact local updates, components."""
+
+import numpy as np
+import pytest
+from scipy.signal import fftconvolve
+
+from neuropipe.ops import detect_cells
+
+
+def _ball(diameter, voxel_size=(1.0, 1.0, 1.0)):
+    """Voxels within the ellipsoid of physical diameter ``diameter * min(voxel_size)``."""
+    vs = np.asarray(voxel_size, float)
+    radii = 0.5 * diameter * vs.min() / vs
+    half = np.floor(radii + 1e-9).astype(int)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) / r for h, r in zip(half, radii)], indexing="ij")
+    return sum(g**2 for g in grids) <= 1.0 + 1e-9
+
+
+def _plant(shape, centres, diameter, voxel_size=(1.0, 1.0, 1.0)):
+    """Return a probability volume that is 1 inside a ball at each centre (clipped), 0 elsewhere."""
+    prob = np.zeros(shape)
+    ball = _ball(diameter, voxel_size)
+    half = np.array(ball.shape) // 2
+    for c in centres:
+        lo = np.array(c) - half
+        src = tuple(slice(max(0, -a), b - max(0, a + b - n)) for a, b, n in zip(lo, ball.shape, shape))
+        dst = tuple(slice(max(0, a), min(n, a + b)) for a, b, n in zip(lo, ball.shape, shape))
+        prob[dst] = np.maximum(prob[dst], ball[src])
+    return prob
+
+
+def _assert_same_points(found, planted):
+    found = np.asarray(found, float)
+    planted = np.asarray(planted, float)
+    assert found.shape == planted.shape
+    order_f = np.lexsort(found.T[::-1])
+    order_p = np.lexsort(planted.T[::-1])
+    np.testing.assert_allclose(found[order_f], planted[order_p], atol=0.5)
+
+
+def test_planted_balls_are_recovered_exactly():
+    centres = [(8, 10, 10), (8, 10, 30), (20, 28, 12), (22, 30, 34), (10, 34, 22)]
+    prob = _plant((30, 44, 44), centres, 10)
+    d = detect_cells(prob, sphere_size=10, dilation=2)
+    assert d.count == len(centres)
+    _assert_same_points(d.centroids, centres)
+    np.testing.assert_allclose(d.scores, 1.0)
+    assert d.labels.dtype == np.uint32 and d.labels.shape == prob.shape
+    assert d.voxel_counts.tolist() == [int(_ball(10).sum())] * len(centres)
+    np.testing.assert_array_equal(np.bincount(d.labels.ravel())[1:], d.voxel_counts)
+
+
+def test_anisotropic_voxels_use_ellipsoids():
+    voxel_size = (3.0, 1.0, 1.0)
+    centres = [(4, 10, 10), (10, 12, 30), (5, 30, 20)]
+    prob = _plant((14, 42, 42), centres, 12, voxel_size)
+    d = detect_cells(prob, sphere_size=12, dilation=2, voxel_size=voxel_size)
+    _assert_same_points(d.centroids, centres)
+    assert d.voxel_counts.tolist() == [int(_ball(12, voxel_size).sum())] * 3
+    assert _ball(12, voxel_size).shape == (5, 13, 13)
+
+
+def test_ball_cut_by_the_border_is_found_at_its_centre():
+    centres = [(1, 12, 12), (10, 12, 0)]
+    d = detect_cells(_plant((16, 24, 24), centres, 10), sphere_size=10, dilation=2)
+    _assert_same_points(d.centroids, centres)
+    np.testing.assert_allclose(d.scores, 1.0)
+
+
+def test_no_cells_gives_zero_detections():
+    d = detect_cells(np.zeros((8, 16, 16)), sphere_size=6)
+    assert d.count == 0
+    assert d.centroids.shape == (0, 3) and d.scores.shape == (0,) and d.voxel_counts.shape == (0,)
+    assert d.labels.dtype == np.uint32 and not d.labels.any()
+
+
+def test_max_cells_limits_the_count():
+    centres = [(6, 8, 8 + 12 * i) for i in range(5)]
+    d = detect_cells(_plant((12, 16, 68), centres, 8), sphere_size=8, dilation=2, max_cells=3)
+    assert d.count == 3
+
+
+def test_more_than_255_cells_do_not_wrap_labels():
+    centres = [(2, 2 + 5 * i, 2 + 5 * j) for i in range(20) for j in range(16)]
+    d = detect_cells(_plant((5, 100, 80), centres, 3), sphere_size=3, dilation=0, max_cells=500)
+    assert d.count == 320
+    assert d.labels.max() == 320 and len(np.unique(d.labels)) == 321
+
+
+def _reference_spheres(prob, threshold, stop, size, dilation, max_cells):
+    """Slow reference: recompute the whole score map after every detection."""
+    q = np.where(prob > threshold, prob, 0.0)
+    ball = _ball(size).astype(float)
+    norm = fftconvolve(np.ones(prob.shape), ball, mode="same")
+    found = []
+    while len(found) < max_cells:
+        score = fftconvolve(q, ball, mode="same") / norm
+        centre = np.unravel_index(np.argmax(score), score.shape)
+        if score[centre] < stop:
+            break
+        found.append((centre, score[centre]))
+        q[_plant(prob.shape, [centre], size + dilation) > 0] = 0.0
+    return found
+
+
+def test_local_updates_match_a_full_recomputation():
+    rng = np.random.default_rng(4)
+    centres = rng.integers(0, [20, 40, 40], size=(25, 3))
+    prob = np.clip(_plant((20, 40, 40), centres, 9) * rng.uniform(0.6, 1.0, (20, 40, 40))
+                   + rng.uniform(0, 0.3, (20, 40, 40)), 0, 1)
+    d = detect_cells(prob, threshold=0.2, stop=0.4, sphere_size=9, dilation=3)
+    expected = _reference_spheres(prob, 0.2, 0.4, 9, 3, 500)
+    assert d.count == len(expected) > 5
+    np.testing.assert_array_equal(d.centroids, [c for c, _ in expected])
+    np.testing.assert_allclose(d.scores, [s for _, s in expected], atol=1e-9)
+
+
+def test_components_method_finds_blobs_and_drops_dust():
+    prob = np.zeros((6, 20, 20))
+    prob[1:4, 2:6, 2:6] = 0.9  # 48 voxels
+    prob[2:5, 10:16, 10:14] = 0.7  # 72 voxels
+    prob[5, 19, 19] = 0.9  # dust
+    d = detect_cells(prob, method="components", threshold=0.5, min_voxels=5)
+    assert d.count == 2
+    np.testing.assert_allclose(d.centroids, [[2, 3.5, 3.5], [3, 12.5, 11.5]])
+    np.testing.assert_allclose(d.scores, [0.9, 0.7])
+    assert d.voxel_counts.tolist() == [48, 72]
+    assert d.labels[5, 19, 19] == 0 and d.labels.max() == 2
+
+
+def test_components_method_keeps_the_largest_in_label_order():
+    prob = np.zeros((1, 3, 20))
+    prob[0, 1, 0:2] = 1.0  # 2 voxels
+    prob[0, 1, 4:9] = 1.0  # 5 voxels
+    prob[0, 1, 11:14] = 1.0  # 3 voxels
+    d = detect_cells(prob, method="components", threshold=0.5, min_voxels=0, max_cells=2)
+    assert d.voxel_counts.tolist() == [5, 3]
+    assert d.labels[0, 1].tolist()[:15] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 2, 2, 2, 0]
+
+
+@pytest.mark.parametrize(
+    "prob, kwargs, message",
+    [
+        (np.zeros((4, 4, 4)), {"method": "magic"},
+         r"method must be one of \('spheres', 'components'\); got 'magic'"),
+        (np.full((4, 4, 4), np.nan), {}, "64 NaN value"),
+        (np.full((4, 4, 4), 1.5), {}, r"prob must lie in \[0, 1\]; got values in \[1.5, 1.5\]"),
+        (np.zeros((4, 4)), {}, "ndim=2"),
+        (np.zeros((4, 0, 4)), {}, "must not be empty"),
+        (np.zeros((4, 4, 4)), {"threshold": 1.5}, r"threshold must be a number in \[0, 1\]; got 1.5"),
+        (np.zeros((4, 4, 4)), {"stop": -0.1}, r"stop must be a number in \[0, 1\]"),
+        (np.zeros((4, 4, 4)), {"sphere_size": 0}, "sphere_size must be a finite number > 0; got 0"),
+        (np.zeros((4, 4, 4)), {"dilation": -1}, "dilation must be a finite number >= 0; got -1"),
+        (np.zeros((4, 4, 4)), {"max_cells": 0}, "max_cells must be an integer >= 1; got 0"),
+        (np.zeros((4, 4, 4)), {"voxel_size": (1, 1)}, "voxel_size must be a sequence of three"),
+    ],
+)
+def test_invalid_input_is_refused(prob, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        detect_cells(prob, **kwargs)
+
+
+def test_probabilities_within_rounding_of_the_range_are_accepted():
+    prob = _plant((12, 12, 12), [(6, 6, 6)], 6) * (1 + 1e-7)
+    assert detect_cells(prob, sphere_size=6).count == 1

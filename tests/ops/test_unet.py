@@ -1,0 +1,117 @@
+"""U-Net membrane training and prediction: learning, tiling, storage, determinism, bad input."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from neuropipe.ops import MembraneModel, make_sample, pixel_scores, predict_membrane, train_membrane
+
+TINY = dict(width=8, depth=2, crop=48, batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_sample((4, 64, 64), seed=5)
+
+
+@pytest.fixture(scope="module")
+def model(small):
+    return train_membrane(small.image, small.membrane, iterations=30, **TINY)
+
+
+def test_short_training_reduces_the_loss(model):
+    assert model.iterations == len(model.history) == 30
+    assert np.mean(model.history[-5:]) < 0.8 * np.mean(model.history[:5])
+    assert model.final_loss == model.history[-1]
+    assert model.device == "cpu" and model.train_seconds > 0
+
+
+def test_prediction_has_the_volume_shape_dtype_and_range(model):
+    volume = make_sample((3, 50, 70), seed=6).image  # not divisible by 2**depth
+    prob = predict_membrane(model, volume, tile=32, overlap=8)
+    assert prob.shape == volume.shape and prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+
+
+def test_tiles_blend_without_seams(model, small):
+    whole = predict_membrane(model, small.image, tile=64)
+    tiled = predict_membrane(model, small.image, tile=32, overlap=16, batch_size=3)
+    difference = np.abs(whole - tiled)  # butting tiles (overlap=0) differ by up to 0.3 at the seams
+    assert difference.mean() < 0.01 and difference.max() < 0.1
+
+
+def test_bytes_round_trip_gives_identical_predictions(model, small):
+    data = model.to_bytes()
+    restored = MembraneModel.from_bytes(data)
+    assert restored.hyperparameters == model.hyperparameters
+    assert restored.history == model.history
+    expected = predict_membrane(model, small.image)
+    np.testing.assert_array_equal(predict_membrane(restored, small.image), expected)
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    assert payload["hyperparameters"]["width"] == 8
+
+
+def test_bytes_that_are_no_model_are_refused():
+    with pytest.raises(ValueError, match="not a serialised MembraneModel"):
+        MembraneModel.from_bytes(b"not a model")
+
+
+def test_training_is_deterministic_and_leaves_the_global_rng_alone(small):
+    before = torch.get_rng_state()
+    a = train_membrane(small.image, small.membrane, iterations=3, seed=7, **TINY)
+    assert torch.equal(before, torch.get_rng_state())
+    b = train_membrane(small.image, small.membrane, iterations=3, seed=7, device=torch.device("cpu"), **TINY)
+    assert a.history == b.history
+
+
+def test_minutes_alone_bound_the_training(small):
+    start = time.perf_counter()
+    m = train_membrane(small.image, small.membrane, minutes=0.01, **TINY)
+    assert m.iterations >= 1
+    assert time.perf_counter() - start < 10
+
+
+def test_progress_is_logged(small, caplog):
+    with caplog.at_level("INFO", logger="neuropipe.ops.unet"):
+        train_membrane(small.image, small.membrane, iterations=4, **{**TINY, "progress": True})
+    assert "iteration 4 loss" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({}, "give iterations and/or minutes"),
+        ({"iterations": 0}, "iterations must be an integer >= 1; got 0"),
+        ({"minutes": -1.0}, "minutes must be a finite number > 0; got -1.0"),
+        ({"iterations": 1, "labels": np.zeros((2, 16, 16), bool)}, "labels must contain both classes; got 0"),
+        ({"iterations": 1, "labels": np.ones((2, 16, 17), bool)},
+         r"same shape; got \(2, 16, 16\) and \(2, 16, 17\)"),
+        ({"iterations": 1, "images": np.full((2, 16, 16), np.nan)}, "images contains 512 NaN"),
+        ({"iterations": 1, "depth": 0}, "depth must be an integer >= 1; got 0"),
+        ({"iterations": 1, "norm": "layer"}, "norm must be one of"),
+    ],
+)
+def test_invalid_training_input_is_refused(change, message):
+    labels = np.zeros((2, 16, 16), bool)
+    labels[:, ::4] = True
+    args = {"images": np.where(labels, 40.0, 200.0), "labels": labels, **TINY, **change}
+    with pytest.raises(ValueError, match=message):
+        train_membrane(args.pop("images"), args.pop("labels"), **args)
+
+
+def test_invalid_prediction_input_is_refused(model):
+    with pytest.raises(ValueError, match="overlap must be an integer in"):
+        predict_membrane(model, np.zeros((1, 8, 8)), tile=16, overlap=16)
+    with pytest.raises(ValueError, match="model must be a MembraneModel"):
+        predict_membrane("model", np.zeros((1, 8, 8)))
+
+
+@pytest.mark.slow
+def test_slow_training_on_synthetic_sample_reaches_low_pixel_error_on_held_out_volume():
+    train, held_out = make_sample(seed=0), make_sample(seed=1)
+    model = train_membrane(train.image, train.membrane, iterations=300, crop=64, progress=False)
+    scores = pixel_scores(predict_membrane(model, held_out.image), held_out.membrane)
+    assert scores.pixel_error < 0.1
