@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.WARNING)
     logging.getLogger("neuropipe").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    datajoint_logger = logging.getLogger("datajoint")  # it has a handler of its own
+    datajoint_logger.propagate = False
+    datajoint_logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.command(args) or 0
     except NeuropipeError as error:

@@ -64,7 +64,7 @@ def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0
     return Plan(
         datasets=datasets,
         annotations=annotations,
-        training=dict(iterations=400, minutes=minutes, seed=seed),
+        training=dict(iterations=400, minutes=minutes, crop=64, seed=seed),
         detection=dict(method="spheres", threshold=0.5, stop=0.5, sphere_size=10, dilation=2),
     )
 
@@ -107,16 +107,24 @@ def source_plan(source: str, labels: str | None, *, name: str | None = None, tra
     )
 
 
-def register(plan: Plan) -> None:
-    """Insert the plan's datasets, annotations and parameter sets (again is harmless)."""
+def register(plan: Plan) -> dict:
+    """Insert the plan's datasets, annotations and parameter sets (again is harmless).
+
+    Returns
+    -------
+    dict
+        The primary keys of the plan's parameter sets, merged into one restriction.
+    """
     from schemas import detection, membrane, metrics, volume
 
     volume.Dataset.insert(plan.datasets, skip_duplicates=True)
     volume.Annotation.insert(plan.annotations, skip_duplicates=True)
-    membrane.TrainingParams.insert_params(plan.training, "demo")
-    membrane.InferenceParams.insert_params(plan.inference, "demo")
-    detection.DetectionParams.insert_params(plan.detection, "demo")
-    metrics.MetricsParams.insert_params(plan.metrics, "demo")
+    return {
+        **membrane.TrainingParams.insert_params(plan.training, "demo"),
+        **membrane.InferenceParams.insert_params(plan.inference, "demo"),
+        **detection.DetectionParams.insert_params(plan.detection, "demo"),
+        **metrics.MetricsParams.insert_params(plan.metrics, "demo"),
+    }
 
 
 def run_demo(plan: Plan, settings: Settings, *, connection=None) -> dict:
@@ -133,25 +141,26 @@ def run_demo(plan: Plan, settings: Settings, *, connection=None) -> dict:
     start = time.perf_counter()
     connection = connection or connect(settings)
     schemas.activate(settings.schema_prefix, connection)
-    register(plan)
-    names = {entry["dataset"] for entry in plan.datasets}
-    tally = run_worker(pipeline_tables([schemas]), max_idle=0, restrictions=([{"dataset": n} for n in names],))
-    return collect_results(names, tally, time.perf_counter() - start)
+    parameters = register(plan)
+    datasets = [{"dataset": entry["dataset"]} for entry in plan.datasets]
+    tables = pipeline_tables([schemas])
+    tally = run_worker(tables, max_idle=0, restrictions=(datasets, parameters))
+    return collect_results(tables, (datasets, parameters), tally, time.perf_counter() - start)
 
 
-def collect_results(names, tally, seconds: float) -> dict:
-    """Gather row counts and scores of the datasets ``names`` after a run."""
-    from schemas import MODULES, metrics
+def collect_results(tables, restrictions, tally, seconds: float) -> dict:
+    """Gather row counts and scores of the rows under ``restrictions`` after a run."""
+    from schemas import metrics
 
-    restriction = [{"dataset": name} for name in sorted(names)]
-    rows = {}
-    for module in MODULES:
-        for table in pipeline_tables([module]):
-            rows[table.__name__] = len(table() & restriction)
+    def restricted(table):
+        for restriction in restrictions:
+            table = table & restriction
+        return table
+
     return {
-        "rows": rows,
-        "membrane": (metrics.MembraneMetrics & restriction).to_dicts(order_by="dataset"),
-        "detection": (metrics.DetectionMetrics & restriction).to_dicts(order_by="dataset"),
+        "rows": {table.__name__: len(restricted(table())) for table in tables},
+        "membrane": restricted(metrics.MembraneMetrics()).to_dicts(order_by="dataset"),
+        "detection": restricted(metrics.DetectionMetrics()).to_dicts(order_by="dataset"),
         "failed": {name: t.errors for name, t in tally.items() if t.errors},
         "seconds": seconds,
     }

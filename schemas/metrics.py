@@ -75,7 +75,9 @@ class MembraneMetrics(dj.Computed):
         probability = np.asarray((MembraneMap & key).fetch1("probability"))
         membrane, cells = (AnnotationVolume & key).fetch1("membrane", "cells")
         scores = ops.pixel_scores(probability, np.asarray(membrane), threshold=options["threshold"])
-        segments = ops.label_components(probability <= options["threshold"], connectivity=6).labels
+        voxel_size = (Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
+        segments = ops.label_components(probability <= options["threshold"], connectivity=6,
+                                        voxel_size=voxel_size).labels
         self.insert1(dict(key, pixel_error=scores.pixel_error, precision=scores.precision, recall=scores.recall,
                           f1=scores.f1, adapted_rand_error=ops.adapted_rand_error(segments, np.asarray(cells))))
 

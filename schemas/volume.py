@@ -136,7 +136,8 @@ class AnnotationVolume(dj.Imported):
     membrane : ndarray of bool (via ``<npy@neuropipe>``)
         True on membrane.
     cells : ndarray of uint32 (via ``<npy@neuropipe>``)
-        Cell instance labels 1..N, 0 elsewhere.
+        Cell instance labels 1..N, 0 elsewhere: face-connected components, labelled plane by
+        plane in serial-section volumes (``ops.label_components`` decides from the voxel size).
     """
 
     definition = """
@@ -172,8 +173,10 @@ class AnnotationVolume(dj.Imported):
             raise BadInputError(
                 f"annotation of {key['dataset']!r} has shape {labels.shape}, the volume {(depth, height, width)}."
             )
+        voxel_size = (Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
         membrane = labels != 0 if kind == "membrane" else labels == 0
-        cells = ops.label_components(~membrane if kind == "membrane" else labels, connectivity=6, dust=dust)
+        cells = ops.label_components(~membrane if kind == "membrane" else labels, connectivity=6, dust=dust,
+                                     voxel_size=voxel_size)
         self.insert1(dict(key, membrane=membrane, cells=cells.labels, cell_count=len(cells.voxel_counts),
                           membrane_fraction=float(membrane.mean())))
         self.Cell.insert(_cell_rows(key, cells))

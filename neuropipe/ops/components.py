@@ -15,6 +15,35 @@ __all__ = ["Components", "label_components"]
 logger = logging.getLogger(__name__)
 
 _CONNECTIVITIES = (6, 18, 26)
+THICK_SECTION_RATIO = 2.0
+
+
+def thick_sections(voxel_size) -> bool:
+    """Return True when planes are ``THICK_SECTION_RATIO`` times farther apart than pixels.
+
+    Examples
+    --------
+    >>> thick_sections((50, 4, 4)), thick_sections((1, 1, 1)), thick_sections(None)
+    (True, False, False)
+    """
+    if voxel_size is None:
+        return False
+    z, y, x = (float(value) for value in voxel_size)
+    return z >= THICK_SECTION_RATIO * min(y, x)
+
+
+def _label_planes(vol, *, connectivity, dust):
+    """Label each z plane in 2D, numbering the objects of all planes consecutively."""
+    labels = np.zeros(vol.shape, np.uint32)
+    offset = 0
+    for z, plane in enumerate(vol):
+        if dust > 0:
+            plane = cc3d.dust(plane, threshold=dust, connectivity=connectivity)
+        found = cc3d.connected_components(plane, connectivity=connectivity, out_dtype=np.uint32)
+        count = int(found.max())
+        labels[z] = np.where(found > 0, found + offset, 0)
+        offset += count
+    return labels
 
 
 @dataclass(frozen=True)
@@ -45,7 +74,7 @@ class Components:
         return int(self.voxel_counts.shape[0])
 
 
-def label_components(volume, *, connectivity=26, dust=0):
+def label_components(volume, *, connectivity=26, dust=0, voxel_size=None):
     """Label connected components and measure them.
 
     A boolean volume is treated as a binary mask (foreground = True).  An
@@ -56,6 +85,11 @@ def label_components(volume, *, connectivity=26, dust=0):
     and the remaining ones renumbered 1..N in scan (C) order of their first
     voxel.
 
+    Serial-section volumes whose planes lie at least ``THICK_SECTION_RATIO``
+    times farther apart than their pixels (ISBI 2012: 50 nm vs 4 nm) are
+    labelled plane by plane, as the ISBI 2012 challenge scores them: across
+    thick sections neighbouring objects overlap and would merge.
+
     Parameters
     ----------
     volume : array_like of shape (Z, Y, X), bool or integer
@@ -64,6 +98,9 @@ def label_components(volume, *, connectivity=26, dust=0):
         Neighbourhood: faces (6), faces and edges (18), or also corners (26).
     dust : int, optional
         Remove components with fewer than this many voxels (0 keeps all).
+    voxel_size : sequence of 3 floats, optional
+        ZYX voxel size; decides plane-by-plane labelling (see above).
+        Default None: isotropic.
 
     Returns
     -------
@@ -96,9 +133,12 @@ def label_components(volume, *, connectivity=26, dust=0):
         vol = vol.view(np.uint8)
     vol = np.ascontiguousarray(vol)
 
-    if dust > 0:
-        vol = cc3d.dust(vol, threshold=dust, connectivity=connectivity)
-    labels = cc3d.connected_components(vol, connectivity=connectivity, out_dtype=np.uint32)
+    if thick_sections(voxel_size):
+        labels = _label_planes(vol, connectivity=4 if connectivity == 6 else 8, dust=dust)
+    else:
+        if dust > 0:
+            vol = cc3d.dust(vol, threshold=dust, connectivity=connectivity)
+        labels = cc3d.connected_components(vol, connectivity=connectivity, out_dtype=np.uint32)
     n = int(labels.max())
     if n == 0:
         return Components(

@@ -155,7 +155,7 @@ def _detect_spheres(prob, threshold, stop, sphere_size, dilation, max_cells, vox
 def _detect_components(prob, threshold, max_cells, min_voxels, voxel_size):
     anisotropic = len(set(voxel_size)) > 1
     comps = label_components(prob > threshold, connectivity=6 if anisotropic else 26,
-                             dust=min_voxels)
+                             dust=min_voxels, voxel_size=voxel_size)
     n = comps.count
     if n == 0:
         return _empty(prob.shape)
@@ -199,7 +199,8 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
 
     ``method="components"``: voxels with ``P > threshold`` (0.5 is typical
     for this method) are grouped into connected components (26-connectivity,
-    6 when ``voxel_size`` is anisotropic); components smaller than
+    6 when ``voxel_size`` is anisotropic, plane by plane for thick sections
+    as :func:`label_components` decides); components smaller than
     ``min_voxels`` are dropped, at most ``max_cells`` of the largest are
     kept, and they are numbered in raster order of their first voxel.
     Centroids are the component centroids; scores the mean ``P``.

@@ -88,3 +88,24 @@ def test_dust_can_remove_everything():
 def test_invalid_input_is_refused(volume, kwargs, message):
     with pytest.raises(ValueError, match=message):
         label_components(volume, **kwargs)
+
+
+def test_thick_sections_are_labelled_plane_by_plane():
+    # One column of voxels through three planes: a single object in 3D, but three
+    # cross-sections when the planes are 50 nm apart and the pixels 4 nm.
+    volume = np.zeros((3, 4, 4), bool)
+    volume[:, 1:3, 1:3] = True
+    assert label_components(volume, connectivity=6).count == 1
+    planes = label_components(volume, connectivity=6, voxel_size=(50, 4, 4))
+    assert planes.count == 3
+    assert planes.voxel_counts.tolist() == [4, 4, 4]
+    assert planes.centroids[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert label_components(volume, connectivity=6, voxel_size=(1.5, 1, 1)).count == 1
+
+
+def test_plane_by_plane_dust_is_per_plane():
+    volume = np.zeros((2, 5, 5), bool)
+    volume[0, 0:3, 0:3] = True  # 9 pixels
+    volume[1, 0, 0] = True  # 1 pixel
+    result = label_components(volume, connectivity=6, dust=2, voxel_size=(40, 4, 4))
+    assert result.count == 1 and result.voxel_counts.tolist() == [9]
