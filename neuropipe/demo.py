@@ -39,7 +39,7 @@ class Plan:
     metrics: dict = field(default_factory=lambda: {"radius": 5.0, "threshold": 0.5})
 
 
-def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0.5) -> Plan:
+def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0.5, iterations: int = 400) -> Plan:
     """Write the synthetic sample (once) and return the plan that processes it.
 
     Parameters
@@ -48,8 +48,8 @@ def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0
         Where the sample files go. Default: ``<data home>/samples``.
     seed : int, optional
         Seed of the training volume; the evaluation volume uses ``seed + 1``.
-    minutes : float, optional
-        Training time budget.
+    minutes, iterations : float, int, optional
+        Training budget: training stops at whichever comes first.
     """
     folder = Path(folder or data_home() / "samples")
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,13 +64,14 @@ def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0
     return Plan(
         datasets=datasets,
         annotations=annotations,
-        training=dict(iterations=400, minutes=minutes, crop=64, seed=seed),
+        training=dict(iterations=iterations, minutes=minutes, crop=64, seed=seed),
         detection=dict(method="spheres", threshold=0.5, stop=0.5, sphere_size=10, dilation=2),
     )
 
 
 def source_plan(source: str, labels: str | None, *, name: str | None = None, train_fraction: float = 2 / 3,
-                voxel_size=(1.0, 1.0, 1.0), labels_kind: str = "membrane", minutes: float = 2.0) -> Plan:
+                voxel_size=(1.0, 1.0, 1.0), labels_kind: str = "membrane", minutes: float = 2.0,
+                iterations: int = 100_000) -> Plan:
     """Return the plan for a real volume: its first planes train, the rest evaluate.
 
     Parameters
@@ -84,8 +85,8 @@ def source_plan(source: str, labels: str | None, *, name: str | None = None, tra
     voxel_size : tuple of float
         ZYX voxel size in nm.
     labels_kind : {'membrane', 'cells'}
-    minutes : float
-        Training time budget.
+    minutes, iterations : float, int
+        Training budget: training stops at whichever comes first.
     """
     depth, height, width = volume_shape(source)
     name = name or parse_source(source).path.stem
@@ -102,8 +103,8 @@ def source_plan(source: str, labels: str | None, *, name: str | None = None, tra
     return Plan(
         datasets=datasets,
         annotations=annotations,
-        training=dict(iterations=100000, minutes=minutes, seed=0),
-        detection=dict(method="components", threshold=0.5, min_voxels=20),
+        training=dict(iterations=iterations, minutes=minutes, seed=0),
+        detection=dict(method="components", threshold=0.5, min_voxels=20, max_cells=100_000),
     )
 
 
