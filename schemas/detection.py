@@ -10,7 +10,6 @@ import numpy as np
 from neuropipe import ops
 from neuropipe.database import import_datajoint
 from neuropipe.params import ParamSet, fraction, positive
-
 from schemas.membrane import MembraneMap
 from schemas.volume import Dataset
 

@@ -10,8 +10,7 @@ import numpy as np
 
 from neuropipe import ops
 from neuropipe.database import import_datajoint
-from neuropipe.params import ParamSet, fraction, positive
-
+from neuropipe.params import ParamSet, positive
 from schemas.volume import Annotation, AnnotationVolume, Volume
 
 dj = import_datajoint()
@@ -24,7 +23,7 @@ class TrainingParams(ParamSet, dj.Lookup):
 
     key_name = "training_id"
     kernel = staticmethod(ops.train_membrane)
-    not_params = ("device", "progress")
+    not_params = ("device", "progress", "num_threads")
     rules = {
         "iterations": (positive, "a positive integer"),
         "minutes": (positive, "a positive number of minutes"),

@@ -118,7 +118,9 @@ class Volume(dj.Imported):
         source, bbox = (Dataset & key).fetch1("source", "bbox")
         image = read_volume(source, bbox)
         if image.min() == image.max():
-            raise BadInputError(f"dataset {key['dataset']!r}: the volume is constant ({image.min()}), nothing to segment.")
+            raise BadInputError(
+                f"dataset {key['dataset']!r}: the volume is constant ({image.min()}), nothing to segment."
+            )
         depth, height, width = image.shape
         self.insert1(
             dict(key, image=image, depth=depth, height=height, width=width, dtype=str(image.dtype),

