@@ -7,7 +7,7 @@ import logging
 import sys
 
 from neuropipe.config import load_settings
-from neuropipe.errors import NeuropipeError
+from neuropipe.errors import ConfigurationError, NeuropipeError
 
 logger = logging.getLogger("neuropipe")
 
@@ -70,6 +70,8 @@ def _demo(args) -> int:
     from neuropipe import demo
 
     settings = load_settings()
+    if args.source and not args.labels:
+        raise ConfigurationError("demo --source needs --labels too: the membrane model is trained on expert labels.")
     if args.source:
         plan = demo.source_plan(args.source, args.labels, name=args.name, train_fraction=args.train_fraction,
                                 voxel_size=args.voxel_size, labels_kind=args.labels_kind,

@@ -8,7 +8,6 @@ stack trains the model, the rest is held out for evaluation.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,6 @@ from neuropipe.config import Settings, data_home
 from neuropipe.database import connect
 from neuropipe.io import format_bbox, parse_source, volume_shape
 from neuropipe.worker import pipeline_tables, run_worker
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_SHAPE = (24, 128, 128)
 SAMPLE_CELL_DIAMETER = 14
