@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import signal
 import sys
 
 from neuropipe.config import load_settings
@@ -16,6 +19,9 @@ def main(argv=None) -> int:
     """Run the ``neuropipe`` command; return its exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    from neuropipe.database import import_datajoint
+
+    import_datajoint()  # it sets its logger's level on import; ours below must come after
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.WARNING)
     logging.getLogger("neuropipe").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -49,16 +55,36 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(command=_demo)
 
     worker = commands.add_parser("worker", help="populate the pipeline's tables until stopped")
-    worker.add_argument("--pipeline", action="append", metavar="MODULE",
-                        help="importable module of tables to serve (repeatable; default: schemas)")
+    _add_pipeline_options(worker)
+    worker.add_argument("--processes", type=int, default=1,
+                        help="CPU worker processes on this machine (may exceed the CPU count for I/O-bound tables)")
+    worker.add_argument("--gpus", default="none", metavar="SPEC",
+                        help="'all', 'none' or device indices like 0,1: one worker process per GPU")
+    worker.add_argument("--heartbeat", type=float, default=10.0,
+                        help="seconds between heartbeats; silent for twice that = presumed dead (default 10)")
+    worker.add_argument("--poll", type=float, default=5.0, help="seconds between looks for new work (default 5)")
     worker.add_argument("--max-idle", type=float, help="exit 0 after this many seconds without work")
     worker.add_argument("--max-jobs", type=int, help="exit after this many jobs")
-    worker.add_argument("--poll", type=float, default=5.0, help="seconds between looks for new work")
+    worker.add_argument("--max-retries", type=int, default=3, help="retries of a transiently failed job (default 3)")
+    worker.add_argument("--batch", type=int, default=1, help="jobs claimed per round trip (default 1)")
+    worker.add_argument("--memory-gb", type=float, help="memory this worker offers (default: the host's)")
     worker.set_defaults(command=_worker)
 
-    status = commands.add_parser("status", help="per table: done, pending, reserved, error")
-    status.add_argument("--pipeline", action="append", metavar="MODULE")
+    status = commands.add_parser("status", help="per table: done, pending, running, error; live workers")
+    _add_pipeline_options(status)
     status.set_defaults(command=_status)
+
+    errors = commands.add_parser("errors", help="failed jobs and their messages")
+    _add_pipeline_options(errors)
+    errors.add_argument("--table", help="only tables matching this pattern")
+    errors.add_argument("--traceback", action="store_true", help="show each job's traceback")
+    errors.set_defaults(command=_errors)
+
+    retry = commands.add_parser("retry", help="send failed jobs back to the queue")
+    _add_pipeline_options(retry)
+    retry.add_argument("--table", help="only tables matching this pattern")
+    retry.add_argument("--key", type=json.loads, help='only this key, as JSON: \'{"dataset": "stack1"}\'')
+    retry.set_defaults(command=_retry)
 
     database = commands.add_parser("db", help="the embedded PostgreSQL server: start, stop, status")
     database.add_argument("action", choices=("start", "stop", "status"))
@@ -83,32 +109,94 @@ def _demo(args) -> int:
     return 1 if results["failed"] else 0
 
 
-def _worker(args) -> int:
-    from neuropipe.database import connect
-    from neuropipe.worker import load_pipeline, pipeline_tables, run_worker
-
-    settings = load_settings()
-    connect(settings)
-    modules = load_pipeline(args.pipeline or ["schemas"], prefix=settings.schema_prefix)
-    tables = pipeline_tables(modules)
-    logger.info("serving %d tables: %s", len(tables), ", ".join(t.__name__ for t in tables))
-    run_worker(tables, max_idle=args.max_idle, poll_seconds=args.poll, max_jobs=args.max_jobs)
-    return 0
+def _add_pipeline_options(parser) -> None:
+    parser.add_argument("--pipeline", action="append", metavar="MODULE",
+                        help="importable module of tables (repeatable; default: schemas)")
+    parser.add_argument("--tables", action="append", metavar="PATTERN",
+                        help="only tables whose name matches (repeatable), e.g. 'Membrane*'")
 
 
-def _status(args) -> int:
+def _pipeline(args):
+    """Connect, bind the registry and the pipeline modules; return the selected tables."""
+    from neuropipe import registry
     from neuropipe.database import connect
     from neuropipe.worker import load_pipeline, pipeline_tables
 
     settings = load_settings()
-    connect(settings)
-    tables = pipeline_tables(load_pipeline(args.pipeline or ["schemas"], prefix=settings.schema_prefix))
-    columns = ("done", "pending", "reserved", "error", "ignore")
-    print(f"{'table':<20}" + "".join(f"{c:>10}" for c in columns))
-    for table in tables:
-        jobs = table().jobs.progress()
-        counts = {"done": len(table()), **jobs}
-        print(f"{table.__name__:<20}" + "".join(f"{counts.get(c, 0):>10}" for c in columns))
+    connection = connect(settings)
+    registry.activate(settings.schema_prefix, connection)
+    modules = load_pipeline(args.pipeline or ["schemas"], prefix=settings.schema_prefix)
+    return pipeline_tables(modules, args.tables or ())
+
+
+def _worker(args) -> int:
+    from neuropipe import resources, supervisor
+    from neuropipe.worker import Worker, WorkerOptions
+
+    if args.gpus == "pinned":  # a supervisor's child, given one GPU
+        gpus = [int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])]
+    else:
+        try:
+            gpus = resources.parse_gpus(args.gpus)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if args.processes != 1 or gpus:
+            return supervisor.supervise(supervisor.plan_slots(_child_argv(args), args.processes if not gpus
+                                                              or args.processes != 1 else 0, gpus))
+    options = WorkerOptions(heartbeat=args.heartbeat, poll=args.poll, max_idle=args.max_idle, max_jobs=args.max_jobs,
+                            max_retries=args.max_retries, batch=args.batch)
+    worker = Worker(_pipeline(args), options, resources.local_resources(gpus, args.memory_gb))
+    worker.serve()
+    return 0 if worker._signals < 2 else 128 + signal.SIGTERM
+
+
+def _child_argv(args) -> list[str]:
+    """The options a supervisor passes on to each worker process."""
+    argv = [f"--pipeline={name}" for name in args.pipeline or []]
+    argv += [f"--tables={pattern}" for pattern in args.tables or []]
+    for option in ("heartbeat", "poll", "max_idle", "max_jobs", "max_retries", "batch", "memory_gb"):
+        value = getattr(args, option)
+        if value is not None:
+            argv.append(f"--{option.replace('_', '-')}={value}")
+    return argv
+
+
+def _status(args) -> int:
+    from neuropipe import status
+
+    tables = _pipeline(args)
+    columns = ("done", "pending", "running", "error", "ignored")
+    print(f"{'table':<20}" + "".join(f"{name:>9}" for name in columns) + "  running on")
+    for row in status.table_progress(tables):
+        print(f"{row['table']:<20}" + "".join(f"{row[name]:>9}" for name in columns) + "  " + " ".join(row["workers"]))
+    workers = status.live_workers()
+    print(f"\n{len(workers)} live worker(s)")
+    for worker in workers:
+        job = f"{worker['current_table'].split('.')[-1]} {worker['current_key']}" if worker["current_table"] else "idle"
+        print(f"  {worker['host']}:{worker['pid']} {worker['status']:<8} since {worker['started_time']:%Y-%m-%d %H:%M:%S}"
+              f"  heartbeat {worker['heartbeat_age']:.0f} s ago  done {worker['jobs_done']} failed {worker['jobs_failed']}"
+              f"  resources {worker['resources']}  now: {job}")
+    return 0
+
+
+def _errors(args) -> int:
+    from neuropipe import status
+
+    failed = status.failed_jobs(_pipeline(args), pattern=args.table, tracebacks=args.traceback)
+    for job in failed:
+        print(f"{job['table']} {job['key']}  ({job['attempts']} attempt(s), last on {job['worker']} at {job['when']})")
+        print(f"  {job['message']}")
+        if args.traceback and job["traceback"]:
+            print("  " + str(job["traceback"]).replace("\n", "\n  "))
+    print(f"{len(failed)} failed job(s)" + ("; `neuropipe retry` re-queues them" if failed else ""))
+    return 0
+
+
+def _retry(args) -> int:
+    from neuropipe import status
+
+    count = status.retry(_pipeline(args), pattern=args.table, key=args.key)
+    print(f"re-queued {count} failed job(s); workers will take them up")
     return 0
 
 

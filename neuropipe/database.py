@@ -114,3 +114,16 @@ def _unreachable_message(settings: Settings, error: Exception) -> str:
         "(or database.* in dj_local_conf.json); leave database.host empty and DJ_HOST unset to use "
         "the embedded PostgreSQL."
     )
+
+
+def open_like(connection):
+    """Open a second, independent connection to the server ``connection`` talks to.
+
+    Used by threads (the worker heartbeat) that must not share the main connection.
+    """
+    dj = import_datajoint()
+    info = connection.conn_info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dj.Connection(info["host"], info["user"], info["passwd"], port=info["port"],
+                             use_tls=info.get("ssl_input"), backend=connection.adapter.backend)

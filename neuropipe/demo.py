@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuropipe import ops
+from neuropipe import ops, registry
 from neuropipe.config import Settings, data_home
 from neuropipe.database import connect
 from neuropipe.io import format_bbox, parse_source, volume_shape
@@ -139,6 +139,7 @@ def run_demo(plan: Plan, settings: Settings, *, connection=None) -> dict:
     start = time.perf_counter()
     connection = connection or connect(settings)
     schemas.activate(settings.schema_prefix, connection)
+    registry.activate(settings.schema_prefix, connection)
     parameters = register(plan)
     datasets = [{"dataset": entry["dataset"]} for entry in plan.datasets]
     tables = pipeline_tables([schemas])

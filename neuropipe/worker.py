@@ -1,24 +1,42 @@
 """Workers: fill every auto-populated table of a pipeline, in dependency order.
 
-The schema is the DAG and DataJoint's per-table job tables are the queue: a worker walks
-the Imported and Computed tables of the modules it serves in topological order and calls
-``populate(reserve_jobs=True)`` on each, so any number of workers, anywhere, share the work
-through the database.  Failures are recorded in the job tables (``Table().jobs``) with their
-messages and never stop the worker.  The demo drains the graph through this same loop.
+The schema is the DAG and DataJoint's per-table job tables are the queue.  A
+:class:`Worker` walks the Imported and Computed tables it serves, upstream first; for
+each it queues new keys, claims jobs atomically and runs them through
+:class:`~neuropipe.jobs.JobQueue`.  It registers itself in the worker registry and
+heartbeats from a thread of its own, so that other workers can tell a slow job from a dead
+worker: a job whose worker stopped heartbeating for two intervals, or whose process is gone
+from this host, goes back to the queue.  The first SIGTERM/SIGINT finishes the current job
+and stops; a second one rolls it back and stops at once.  A lost database connection is
+retried with backoff.  The demo and notebooks drain the graph through this same loop.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import inspect
 import logging
+import os
+import platform
+import signal
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from neuropipe.database import import_datajoint
+from neuropipe import __version__, registry
+from neuropipe.database import import_datajoint, open_like
+from neuropipe.failures import is_transient
+from neuropipe.jobs import Identity, JobQueue
+from neuropipe.resources import Resources, local_resources
 
 logger = logging.getLogger(__name__)
+
+
+class StopNow(BaseException):
+    """Raised in the main thread by a second stop signal: abandon the current job."""
 
 
 @dataclass
@@ -27,9 +45,44 @@ class TableTally:
 
     table: str
     made: int = 0
+    skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
     errors: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker behaves.
+
+    Attributes
+    ----------
+    heartbeat : float
+        Seconds between heartbeats; a worker silent for twice that is presumed dead.
+    poll : float
+        Seconds between looks for work when there is none.
+    max_idle : float or None
+        Stop after this long without work (0: drain once); None serves forever.
+    max_jobs : int or None
+        Stop after this many jobs.
+    max_retries : int
+        Further attempts of a job after a transient failure.
+    retry_backoff : float
+        Seconds before the first retry of a transient failure; doubled for each further one.
+    batch : int
+        Jobs claimed per round trip (raise it for many short jobs).
+    restrictions : tuple
+        Restrictions of every table's ``key_source``.
+    """
+
+    heartbeat: float = 10.0
+    poll: float = 5.0
+    max_idle: float | None = None
+    max_jobs: int | None = None
+    max_retries: int = 3
+    retry_backoff: float = 2.0
+    batch: int = 1
+    restrictions: tuple = ()
 
 
 def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
@@ -46,10 +99,16 @@ def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
     return modules
 
 
-def pipeline_tables(modules) -> list[type]:
+def pipeline_tables(modules, patterns=()) -> list[type]:
     """Return the Imported and Computed table classes of ``modules``, upstream first.
 
-    A package contributes the tables of its submodules listed in ``MODULES`` as well.
+    Parameters
+    ----------
+    modules : list of modules
+        A package contributes the tables of its submodules listed in ``MODULES`` too.
+    patterns : list of str, optional
+        Keep only tables whose class name or ``module.Class`` matches one of these
+        shell-style patterns (``--tables``).
     """
     dj = import_datajoint()
     classes = {}
@@ -60,6 +119,7 @@ def pipeline_tables(modules) -> list[type]:
                 and issubclass(obj, (dj.Imported, dj.Computed))
                 and getattr(obj, "database", None)
                 and obj.__module__ == module.__name__
+                and _matches(obj, patterns)
             ):
                 classes[obj.full_table_name] = obj
     if not classes:
@@ -70,66 +130,219 @@ def pipeline_tables(modules) -> list[type]:
     return sorted(classes.values(), key=lambda cls: order.get(cls.full_table_name, len(order)))
 
 
+def _matches(cls, patterns) -> bool:
+    names = (cls.__name__, f"{cls.__module__}.{cls.__name__}")
+    return not patterns or any(fnmatch.fnmatch(name, pattern) for pattern in patterns for name in names)
+
+
 def _expand(modules):
     for module in modules:
         yield module
         yield from getattr(module, "MODULES", ())
 
 
-def run_worker(tables, *, max_idle: float | None = None, poll_seconds: float = 5.0,
-               max_jobs: int | None = None, restrictions=()) -> dict[str, TableTally]:
-    """Populate ``tables`` until there is nothing left to do for ``max_idle`` seconds.
+def run_worker(tables, *, max_idle: float | None = None, poll_seconds: float = 5.0, max_jobs: int | None = None,
+               restrictions=(), **options) -> dict[str, TableTally]:
+    """Serve ``tables`` with a :class:`Worker` in this process; return its tallies.
+
+    ``max_idle=0`` drains the graph once and returns (the demo and notebooks do this).
+    Further keyword arguments are :class:`WorkerOptions` fields.
+    """
+    settings = WorkerOptions(poll=poll_seconds, max_idle=max_idle, max_jobs=max_jobs,
+                             restrictions=tuple(restrictions), **options)
+    return Worker(tables, settings).serve()
+
+
+class Worker:
+    """One worker process serving some tables.
 
     Parameters
     ----------
     tables : list of table classes
-        Upstream first, as :func:`pipeline_tables` returns them.
-    max_idle : float, optional
-        Return after this long without work; 0 drains the graph once and returns.
-        Default None: serve forever.
-    poll_seconds : float, optional
-        Pause between passes that found nothing to do. Default 5.
-    max_jobs : int, optional
-        Return after this many jobs (successful or not).
-    restrictions : tuple, optional
-        Restrictions passed to every ``populate`` call.
+        Upstream first (:func:`pipeline_tables`).
+    options : WorkerOptions
+    resources : Resources, optional
+        What this worker offers; default: the host's memory, no GPU.
 
-    Returns
-    -------
-    dict
-        A :class:`TableTally` per table name.
+    Notes
+    -----
+    The worker registry (:mod:`neuropipe.registry`) must be bound; :meth:`serve` binds it
+    to the configured prefix where it is not.
     """
-    tally = {table.__name__: TableTally(table.__name__) for table in tables}
-    idle_since = time.monotonic()
-    jobs = 0
-    while True:
+
+    def __init__(self, tables, options: WorkerOptions = WorkerOptions(), resources: Resources | None = None):
+        self.tables = list(tables)
+        self.options = options
+        self.resources = resources or local_resources()
+        self.identity = Identity(uuid.uuid4().hex, platform.node(), os.getpid(), f"neuropipe {__version__}")
+        self.tally = {table.__name__: TableTally(table.__name__) for table in self.tables}
+        self.stopping = False
+        self._wake = threading.Event()
+        self._signals = 0
+        self._heartbeat = None
+        self._held: list = []  # (queue, key) claimed but not yet run
+        self._last_sweep = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def serve(self) -> dict[str, TableTally]:
+        """Work until idle for ``max_idle``, ``max_jobs`` are done, or a stop signal."""
+        if not self.tables:
+            return self.tally
+        connection = self.tables[0].connection
+        if registry.schema.database is None:
+            from neuropipe.config import load_settings
+
+            registry.activate(load_settings().schema_prefix, connection)
+        eligible = [table for table in self.tables if self.resources.can_run(table)]
+        for table in set(self.tables) - set(eligible):
+            logger.info("%s needs %s; this worker leaves it to others", table.__name__, table.resources)
+        self.queues = [JobQueue(table, self.identity) for table in eligible]
+        restore = self._install_signal_handlers()
+        self._register(connection)
+        try:
+            self._loop(connection)
+        except StopNow:
+            logger.warning("stopped at once; the current job was rolled back and released")
+        finally:
+            self._shutdown(connection)
+            restore()
+        return self.tally
+
+    def _loop(self, connection) -> None:
+        idle_since = time.monotonic()
+        backoff = 1.0
+        while not self.stopping:
+            try:
+                worked = self._pass()
+                backoff = 1.0
+            except StopNow:
+                raise
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                logger.warning("database unreachable (%s); retrying in %.0f s", error, backoff)
+                self._reconnect(connection, backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            if self._budget_spent():
+                return
+            if worked:
+                idle_since = time.monotonic()
+                continue
+            if self.options.max_idle is not None and time.monotonic() - idle_since >= self.options.max_idle:
+                return
+            self._wake.wait(self.options.poll)
+
+    def _pass(self) -> bool:
+        """One sweep over the tables, upstream first; return whether any job ran."""
         worked = False
-        for table in tables:
-            budget = None if max_jobs is None else max_jobs - jobs
-            if budget == 0:
-                return tally
-            done = _populate(table, tally[table.__name__], budget, restrictions)
-            jobs += done
-            worked = worked or done > 0
-        if worked:
-            idle_since = time.monotonic()
-            continue
-        if max_idle is not None and time.monotonic() - idle_since >= max_idle:
-            return tally
-        time.sleep(poll_seconds)
+        for queue in self.queues:
+            if self.stopping:
+                break
+            queue.refresh(self.options.restrictions)
+            while not self.stopping and not self._budget_spent():
+                self._sweep_orphans()
+                keys = queue.claim(self.options.batch)
+                if not keys:
+                    break
+                self._held = [(queue, key) for key in keys]
+                while self._held and not self.stopping and not self._budget_spent():
+                    self._run(*self._held.pop(0))
+                    worked = True
+                self._release_held()
+        return worked
 
+    def _budget_spent(self) -> bool:
+        if self.options.max_jobs is None:
+            return False
+        return sum(t.made + t.skipped + t.failed for t in self.tally.values()) >= self.options.max_jobs
 
-def _populate(table, tally: TableTally, budget, restrictions) -> int:
-    start = time.perf_counter()
-    result = table().populate(*restrictions, reserve_jobs=True, suppress_errors=True, max_calls=budget)
-    made, failed = result["success_count"], len(result["error_list"])
-    if made or failed:
-        seconds = time.perf_counter() - start
-        tally.made += made
-        tally.failed += failed
-        tally.seconds += seconds
-        tally.errors.extend(result["error_list"])
-        logger.info("%s: %d made, %d failed in %.1f s", table.__name__, made, failed, seconds)
-        for key, message in result["error_list"]:
-            logger.warning("%s %s failed: %s", table.__name__, key, message)
-    return made + failed
+    def _run(self, queue: JobQueue, key: dict) -> None:
+        tally = self.tally[queue.name]
+        self._heartbeat.current = (queue.table.full_table_name, key)
+        start = time.perf_counter()
+        try:
+            outcome = queue.run(key)
+        except StopNow:
+            queue.release([key])
+            raise
+        except Exception as error:
+            if queue.fail(key, error, max_retries=self.options.max_retries,
+                          backoff=self.options.retry_backoff) == "error":
+                tally.failed += 1
+                tally.errors.append((key, str(error)))
+        else:
+            tally.made += outcome == "done"
+            tally.skipped += outcome == "skipped"
+            logger.info("%s %s %s in %.1f s", queue.name, key, outcome, time.perf_counter() - start)
+        finally:
+            tally.seconds += time.perf_counter() - start
+            self._heartbeat.current = ("", None)
+
+    def _release_held(self) -> None:
+        for queue in {id(q): q for q, _ in self._held}.values():
+            queue.release([key for q, key in self._held if q is queue])
+        self._held = []
+
+    # --- registry -----------------------------------------------------------------------
+
+    def _register(self, connection) -> None:
+        now = registry.server_now(connection)
+        registry.Worker.insert1(dict(
+            worker_id=self.identity.worker_id, host=self.identity.host, pid=self.identity.pid, status="running",
+            started_time=now, heartbeat_time=now, heartbeat_seconds=self.options.heartbeat,
+            resources=self.resources.as_json(), tables=",".join(q.name for q in self.queues)[:4000],
+            version=self.identity.version, connection_id=connection.connection_id))
+        self._heartbeat = registry.Heartbeat(self.identity.worker_id, self.options.heartbeat,
+                                             lambda: open_like(connection))
+        self._heartbeat.start()
+        logger.info("worker %s (%s:%d) serving %s", self.identity.worker_id[:8], self.identity.host,
+                    self.identity.pid, ", ".join(q.name for q in self.queues) or "no tables")
+
+    def _shutdown(self, connection) -> None:
+        try:
+            if connection.in_transaction:
+                connection.cancel_transaction()
+            self._release_held()
+            done = sum(t.made for t in self.tally.values())
+            failed = sum(t.failed for t in self.tally.values())
+            registry.deregister(self.identity.worker_id, done=done, failed=failed)
+        except Exception as error:  # the database may be gone; the others will reclaim our jobs
+            logger.warning("could not deregister cleanly: %s", error)
+        if self._heartbeat:
+            self._heartbeat.stop()
+
+    def _sweep_orphans(self) -> None:
+        """Return the jobs of dead workers to the queue (at most once per heartbeat)."""
+        if not self.queues or time.monotonic() - self._last_sweep < self.options.heartbeat:
+            return
+        self._last_sweep = time.monotonic()
+        is_orphan = registry.orphan_judge(self.queues[0].connection, self.identity.host)
+        for queue in self.queues:
+            queue.reset_orphans(is_orphan)
+
+    def _reconnect(self, connection, wait: float) -> None:
+        self._wake.wait(wait)
+        try:
+            connection.connect()
+        except Exception as error:
+            logger.debug("reconnect failed: %s", error)
+
+    # --- signals ------------------------------------------------------------------------
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
+        return lambda: [signal.signal(number, handler) for number, handler in previous.items()]
+
+    def _on_signal(self, number, frame) -> None:
+        self._signals += 1
+        self.stopping = True
+        self._wake.set()
+        if self._signals == 1:
+            logger.warning("%s: finishing the current job, then stopping (again to stop at once)",
+                           signal.Signals(number).name)
+            return
+        raise StopNow()

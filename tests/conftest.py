@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import pytest
 
 from neuropipe.config import Settings
 
+SUPPORT = Path(__file__).resolve().parent / "support"  # importable helper modules (toy_pipeline)
+sys.path.insert(0, str(SUPPORT))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ISBI = SHARED_DATA / "isbi2012" / "isbi2012_train.npz"
 BACKENDS = ("postgresql", "mysql", "embedded")
@@ -100,12 +103,15 @@ def settings(request, tmp_path_factory) -> Settings:
 def pipeline(settings):
     """The bundled pipeline bound to fresh schemas on one backend; dropped afterwards."""
     import schemas
+    from neuropipe import registry
     from neuropipe.database import connect
 
     connection = connect(settings)
     schemas.activate(settings.schema_prefix, connection)
+    registry.activate(settings.schema_prefix, connection)
     yield schemas
     schemas.drop()
+    registry.drop()
 
 
 @pytest.fixture(scope="session")

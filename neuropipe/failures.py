@@ -1,0 +1,69 @@
+"""Which failures deserve another try, and when.
+
+Transient failures (a lost database connection, a timeout, CUDA out of memory, a killed
+child process) may succeed on another attempt, so a worker re-queues the job with
+exponential backoff.  Everything else (bad input, bad parameters, a bug) would fail the same
+way again, so it goes straight to ``error`` with its message.  A table may name further
+transient exception types in a class attribute ``transient_errors``.
+"""
+
+from __future__ import annotations
+
+import random
+
+TRANSIENT_NAMES = frozenset({
+    "LostConnectionError",  # datajoint
+    "OperationalError",  # pymysql, psycopg2: server gone, connection reset, lock wait timeout
+    "InterfaceError",  # a closed connection
+    "OutOfMemoryError",  # torch.cuda.OutOfMemoryError
+    "TimeoutError",
+    "ConnectionError",
+    "BrokenPipeError",
+    "ChildProcessError",
+    "BrokenProcessPool",
+    "TransientError",
+})
+
+
+class TransientError(Exception):
+    """Raise from a ``make()`` to ask for another attempt later (e.g. a busy service)."""
+
+
+def is_transient(error: BaseException, table=None) -> bool:
+    """Return True when ``error`` (or its cause) is worth retrying.
+
+    Parameters
+    ----------
+    error : BaseException
+        What ``make()`` raised.
+    table : table class, optional
+        Its ``transient_errors`` attribute, a tuple of exception types, extends the list.
+    """
+    extra = tuple(getattr(table, "transient_errors", ()))
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, extra) or any(cls.__name__ in TRANSIENT_NAMES for cls in type(error).__mro__):
+            return True
+        if "out of memory" in str(error).lower() and "cuda" in str(error).lower():
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
+    """Return the wait before attempt ``attempt + 1``: exponential, capped, with jitter.
+
+    Examples
+    --------
+    >>> 2.0 <= backoff_seconds(1) <= 2.5 and 8.0 <= backoff_seconds(3) <= 10.0
+    True
+    """
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay * (1 + 0.25 * random.random())
+
+
+def describe(error: BaseException) -> str:
+    """Return ``'Type: message'`` for the job table."""
+    text = str(error)
+    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__

@@ -1,0 +1,78 @@
+"""What the pipeline is doing: per-table progress, live workers, failed jobs, retries.
+
+Functions here return plain data (lists of dicts); :mod:`neuropipe.cli` renders them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from neuropipe import registry
+
+STATUSES = ("pending", "reserved", "success", "error", "ignore")
+
+
+def table_progress(tables) -> list[dict]:
+    """Per table: rows done, jobs by status, and who is running its reserved jobs."""
+    rows = []
+    for table in tables:
+        jobs = table().jobs
+        counts = jobs.progress()
+        running = jobs.reserved.proj("host", "pid").to_dicts()
+        rows.append(dict(table=table.__name__, done=len(table()), pending=counts.get("pending", 0),
+                         running=counts.get("reserved", 0), error=counts.get("error", 0),
+                         ignored=counts.get("ignore", 0),
+                         workers=sorted({f"{job['host']}:{job['pid']}" for job in running})))
+    return rows
+
+
+def live_workers() -> list[dict]:
+    """Registered workers that are running (or stopping), newest first."""
+    now = registry.server_now(registry.Worker.connection)
+    workers = (registry.Worker & "status in ('running', 'stopping', 'lost')").to_dicts(order_by="started_time DESC")
+    for worker in workers:
+        worker["heartbeat_age"] = (now - worker["heartbeat_time"]).total_seconds()
+    return workers
+
+
+def failed_jobs(tables, *, pattern: str | None = None, tracebacks: bool = False) -> list[dict]:
+    """Jobs in status ``error``, with their message, attempts and the worker that ran them last."""
+    found = []
+    for table in _matching(tables, pattern):
+        jobs = table().jobs
+        attributes = ["host", "pid", "completed_time", "error_message"] + (["error_stack"] if tracebacks else [])
+        for job in jobs.errors.proj(*attributes).to_dicts():
+            key = {name: job[name] for name in jobs.primary_key}
+            history = registry.Failure & {"table_name": table.full_table_name, "key_hash": registry.key_hash(key)}
+            found.append(dict(table=table.__name__, key=key, message=job["error_message"],
+                              attempts=len(history & {"cleared": False}), worker=f"{job['host']}:{job['pid']}",
+                              when=job["completed_time"], traceback=job.get("error_stack")))
+    return found
+
+
+def retry(tables, *, pattern: str | None = None, key: dict | None = None) -> int:
+    """Send failed jobs back to the queue (all, those of matching tables, or one key).
+
+    Their earlier attempts stop counting against the retry limit but stay in the history.
+
+    Returns
+    -------
+    int
+        The number of jobs re-queued.
+    """
+    count = 0
+    for table in _matching(tables, pattern):
+        jobs = table().jobs
+        failed = jobs.errors & key if key else jobs.errors
+        for job_key in failed.proj().to_dicts():
+            history = registry.Failure & {"table_name": table.full_table_name,
+                                          "key_hash": registry.key_hash(job_key)}
+            for attempt in history.proj().to_dicts():
+                registry.Failure.update1({**attempt, "cleared": True})
+            (jobs & job_key).delete_quick()
+            count += 1
+    return count
+
+
+def _matching(tables, pattern):
+    return [t for t in tables if not pattern or fnmatch.fnmatch(t.__name__, pattern)]

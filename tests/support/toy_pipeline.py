@@ -1,0 +1,78 @@
+"""A toy pipeline of plain DataJoint tables, served by workers in the worker tests.
+
+Imported by name (``neuropipe worker --pipeline toy_pipeline``) it binds itself, as any
+user's module would, to the schema named by ``TOY_SCHEMA``.  Tests that run workers in
+their own process call :func:`declare` on a schema of their own instead.
+
+Behaviour is steered through the environment, which reaches worker processes too:
+``TOY_DELAY`` (seconds per job), ``TOY_STATE`` (a folder where :class:`Flaky` counts its
+attempts), ``TOY_FLAKY_FAILURES`` (how many times each Flaky job fails with a timeout).
+"""
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import datajoint as dj
+
+UNLUCKY = 13
+
+
+def declare(schema):
+    """Declare the toy tables in ``schema``; return them in a namespace."""
+
+    @schema
+    class Item(dj.Manual):
+        definition = """
+        item : int32
+        """
+
+    @schema
+    class Square(dj.Computed):
+        definition = """
+        -> Item
+        ---
+        square : int64
+        made_by_pid : int32
+        """
+
+        def make(self, key):
+            time.sleep(float(os.environ.get("TOY_DELAY", "0")))
+            if key["item"] == UNLUCKY:
+                raise ValueError(f"item {UNLUCKY} is unlucky")
+            self.insert1(dict(key, square=key["item"] ** 2, made_by_pid=os.getpid()))
+
+    @schema
+    class GpuSquare(dj.Computed):
+        resources = {"gpu": True}
+        definition = """
+        -> Item
+        ---
+        square : int64
+        """
+
+        def make(self, key):
+            self.insert1(dict(key, square=key["item"] ** 2))
+
+    @schema
+    class Flaky(dj.Computed):
+        definition = """
+        -> Item
+        ---
+        attempts : int32
+        """
+
+        def make(self, key):
+            counter = Path(os.environ["TOY_STATE"]) / f"flaky-{key['item']}"
+            attempts = len(counter.read_text()) + 1 if counter.exists() else 1
+            counter.write_text("x" * attempts)
+            if attempts <= int(os.environ.get("TOY_FLAKY_FAILURES", "0")):
+                raise TimeoutError(f"attempt {attempts} timed out")
+            self.insert1(dict(key, attempts=attempts))
+
+    return SimpleNamespace(Item=Item, Square=Square, GpuSquare=GpuSquare, Flaky=Flaky)
+
+
+if os.environ.get("TOY_SCHEMA"):
+    globals().update(vars(declare(dj.Schema(os.environ["TOY_SCHEMA"]))))
