@@ -120,11 +120,11 @@ class JobQueue:
             return []
         return (self.jobs & candidates & self._mine() & "status='reserved'").proj().to_dicts()
 
-    def release(self, keys) -> None:
-        """Hand this worker's reservations of ``keys`` back to the queue."""
-        keys = list(keys)
+    def release(self, keys=None, note: str = "released by a stopping worker") -> None:
+        """Hand this worker's reservations of ``keys`` (default: all of them) back to the queue."""
+        keys = list((self.jobs & self._mine() & "status='reserved'").proj().to_dicts() if keys is None else keys)
         if keys:
-            self._set_pending(keys, "released by a stopping worker", only_mine=True)
+            self._set_pending(keys, note, only_mine=True)
 
     # --- running ------------------------------------------------------------------------
 
@@ -251,8 +251,8 @@ class JobQueue:
     def _rollback(self) -> None:
         try:
             self.connection.cancel_transaction()
-        except Exception:  # the connection itself may be gone; the server rolls back then
-            pass
+        except Exception:  # the connection itself is gone, and the server rolled back with it
+            self.connection._in_transaction = False
 
     def _condition(self, keys) -> str:
         keys = [{name: key[name] for name in self.primary_key} for key in keys]

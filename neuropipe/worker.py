@@ -323,9 +323,15 @@ class Worker:
             queue.reset_orphans(is_orphan)
 
     def _reconnect(self, connection, wait: float) -> None:
+        """Wait, reconnect, and release the reservations the lost connection left behind."""
         self._wake.wait(wait)
         try:
             connection.connect()
+            connection._in_transaction = False
+            for queue in self.queues:
+                queue.release(note="released after the worker lost its database connection")
+            self._held = []
+            logger.info("reconnected to the database")
         except Exception as error:
             logger.debug("reconnect failed: %s", error)
 

@@ -11,6 +11,8 @@ their configuration directory and stopped first.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import re
@@ -116,7 +118,7 @@ def _start_munge() -> int | None:
         shutil.chown(path, "munge", "munge")
     os.chmod(MUNGE_KEY, 0o400)
     shutil.chown(MUNGE_KEY, "munge", "munge")
-    subprocess.run([_which("runuser"), "-u", "munge", "--", _which("munged")], check=True, capture_output=True, timeout=30)
+    subprocess.run([_which("runuser"), "-u", "munge", "--", _which("munged")], check=True, timeout=30)
     _wait_for(_munge_works, 30, "munged to answer")
     return int(MUNGE_PID.read_text()) if MUNGE_PID.exists() else None
 
@@ -137,33 +139,46 @@ def _free_port() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Return True when process ``pid`` exists and is not a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    return True
+
+
+def _read_pid(path: Path, command: str) -> int | None:
+    """Return the pid in ``path`` if that process is alive and runs ``command``, else None."""
+    try:
+        pid = int(path.read_text())
+        alive = command in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") and _alive(pid)
+    except (OSError, ValueError):
+        return None
+    return pid if alive else None
 
 
 def _kill_leftovers() -> None:
-    """Stop SLURM daemons of earlier sessions whose pytest process is gone, and their directories.
+    """Stop the daemons of earlier sessions whose pytest process is gone; remove their directories.
 
-    They are recognised by their ``-f <tmp>/neuropipe-slurm-*/slurm.conf`` argument; the
-    ``owner`` file there names the pytest process that started them.
+    slurmctld and slurmd are recognised by their ``-f <tmp>/neuropipe-slurm-*/slurm.conf``
+    argument, a munged such a session started by the ``munged`` file there; the ``owner``
+    file names the session's pytest process (a live one keeps its cluster).
     """
-    pattern = re.compile(rf"slurm(?:ctld|d)\x00.*\x00({re.escape(tempfile.gettempdir())}/{PREFIX}[^/\x00]+)/")
+    tmp = tempfile.gettempdir()
+    pattern = re.compile(rf"slurm(?:ctld|d)\x00.*\x00({re.escape(tmp)}/{PREFIX}[^/\x00]+)/")
+    daemons = {Path(conf).parent: [] for conf in glob.glob(f"{tmp}/{PREFIX}*/slurm.conf")}
     for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            match = pattern.search((proc / "cmdline").read_bytes().decode(errors="replace"))
-            if match is None:
-                continue
-            owner = Path(match.group(1)) / "owner"
-            if owner.exists() and _alive(int(owner.read_text())):
-                continue
-            os.kill(int(proc.name), signal.SIGKILL)
-            logger.warning("killed leftover SLURM daemon %s (%s)", proc.name, match.group(1))
-            shutil.rmtree(match.group(1), ignore_errors=True)
-        except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            if match := pattern.search((proc / "cmdline").read_bytes().decode(errors="replace")):
+                daemons.setdefault(Path(match.group(1)), []).append(int(proc.name))
+    for root, pids in daemons.items():
+        if _read_pid(root / "owner", "python"):  # its session is still running
             continue
+        pids.append(_read_pid(root / "munged", "munged"))
+        for pid in filter(None, pids):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                logger.warning("killed leftover daemon %s of %s", pid, root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
@@ -258,22 +273,20 @@ def _node_line() -> str:
     return f"{line} State=UNKNOWN"
 
 
-def _start(root: Path) -> SlurmCluster:
-    """Write the configuration in ``root`` and start slurmctld and slurmd on it."""
+def _start(cluster: SlurmCluster) -> None:
+    """Write the configuration in the cluster's directory and start slurmctld and slurmd on it."""
+    root = cluster.root
     for folder in ("state", "spool"):
         (root / folder).mkdir()
     node = _node_line()
     host = re.match(r"NodeName=(\S+)", node).group(1)
-    conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=host, root=root, node=node, ctld_port=_free_port(),
-                                      slurmd_port=_free_port()))
-    cluster = SlurmCluster(root=root, env={**os.environ, "SLURM_CONF": str(conf)})
+    Path(cluster.env["SLURM_CONF"]).write_text(SLURM_CONF.format(
+        host=host, root=root, node=node, ctld_port=_free_port(), slurmd_port=_free_port()))
     for daemon in ("slurmctld", "slurmd"):
         with open(root / f"{daemon}.out", "wb") as out:
-            cluster.daemons.append(subprocess.Popen([_which(daemon), "-D", "-f", str(conf)], stdout=out,
-                                                    stderr=subprocess.STDOUT, env=cluster.env,
-                                                    start_new_session=True))
-    return cluster
+            cluster.daemons.append(subprocess.Popen(
+                [_which(daemon), "-D", "-f", cluster.env["SLURM_CONF"]], stdout=out, stderr=subprocess.STDOUT,
+                env=cluster.env, start_new_session=True))
 
 
 def _node_idle(cluster: SlurmCluster) -> bool:
@@ -287,7 +300,7 @@ def _node_idle(cluster: SlurmCluster) -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A one-node SLURM cluster for the session, stopped and removed at its end.
+    """Start a one-node SLURM cluster for the session; stop it and remove its files at the end.
 
     Yields
     ------
@@ -297,12 +310,15 @@ def slurm_cluster():
     _install()
     _kill_leftovers()
     start = time.monotonic()
-    munged = _start_munge()
     root = Path(tempfile.mkdtemp(prefix=PREFIX))
     os.chmod(root, 0o755)
     (root / "owner").write_text(str(os.getpid()))
-    cluster = _start(root)
+    cluster = SlurmCluster(root=root, env={**os.environ, "SLURM_CONF": str(root / "slurm.conf")})
+    munged = _start_munge()
+    if munged:
+        (root / "munged").write_text(str(munged))
     try:
+        _start(cluster)
         _wait_for(lambda: _node_idle(cluster), 60, "the SLURM node to be idle", cluster.daemon_logs)
         logger.info("SLURM cluster up in %.1f s", time.monotonic() - start)
         yield cluster

@@ -24,8 +24,8 @@ TASKS = 3
 
 @pytest.fixture
 def shared_dir():
-    """A mode-755 directory directly under the system temporary directory, removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="neuropipe-slurm-data-"))
+    """Yield a mode-755 directory directly under the system temporary directory; remove it afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="neuropipe-array-"))
     os.chmod(folder, 0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -58,6 +58,7 @@ def _logs(folder: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
 def test_slurm_array_of_workers_populates_the_graph(slurm_cluster, pipeline, settings, shared_dir):
+    """Three array tasks, started at once on a fresh pipeline, share the work and exit 0."""
     plan = demo.sample_plan(shared_dir / "samples", iterations=30, minutes=1.0)
     demo.register(plan)
     jobs = shared_dir / "jobs"
