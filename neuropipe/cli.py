@@ -119,12 +119,12 @@ def _add_pipeline_options(parser) -> None:
 def _pipeline(args):
     """Connect, bind the registry and the pipeline modules; return the selected tables."""
     from neuropipe import registry
-    from neuropipe.database import connect
+    from neuropipe.database import connect, retrying_declaration
     from neuropipe.worker import load_pipeline, pipeline_tables
 
     settings = load_settings()
     connection = connect(settings)
-    registry.activate(settings.schema_prefix, connection)
+    retrying_declaration(registry.activate, settings.schema_prefix, connection)
     modules = load_pipeline(args.pipeline or ["schemas"], prefix=settings.schema_prefix)
     return pipeline_tables(modules, args.tables or ())
 

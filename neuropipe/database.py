@@ -9,6 +9,8 @@ errors with one that names the server and says how to configure another.
 from __future__ import annotations
 
 import logging
+import random
+import time
 import warnings
 
 from neuropipe.config import Settings, load_settings
@@ -127,3 +129,20 @@ def open_like(connection):
         warnings.simplefilter("ignore")
         return dj.Connection(info["host"], info["user"], info["passwd"], port=info["port"],
                              use_tls=info.get("ssl_input"), backend=connection.adapter.backend)
+
+
+def retrying_declaration(declare, *args, attempts: int = 5, **kwargs):
+    """Call ``declare`` (a schema activation, a job table's creation), retrying on a race.
+
+    Workers started together on a fresh database all try to create the same schemas and
+    tables; the servers let one win and fail the others ("already exists", or a duplicate
+    row in PostgreSQL's catalog).  Trying again finds the object made and goes on.
+    """
+    for attempt in range(attempts):
+        try:
+            return declare(*args, **kwargs)
+        except Exception as error:
+            if attempt == attempts - 1:
+                raise
+            logger.debug("declaration raced with another worker (%s); trying again", error)
+            time.sleep(0.2 + random.random())

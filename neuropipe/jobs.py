@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass
 
 from neuropipe import failures, registry
-from neuropipe.database import import_datajoint
+from neuropipe.database import import_datajoint, retrying_declaration
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
@@ -58,7 +58,7 @@ class JobQueue:
     def __init__(self, table, identity: Identity):
         self.table = table
         self.identity = identity
-        self.jobs = _job_table(table)
+        self.jobs = retrying_declaration(lambda: table().jobs)
         self.connection = self.jobs.connection
         self.quote = self.connection.adapter.quote_identifier
         self.primary_key = list(self.jobs.primary_key)
@@ -189,15 +189,21 @@ class JobQueue:
         logger.error("%s %s failed: %s", self.name, key, message)
         return "error"
 
-    def reset_orphans(self, is_orphan) -> int:
-        """Return reserved jobs whose worker is gone (``is_orphan(job)``) to the queue."""
-        reserved = (self.jobs & "status='reserved'").proj("host", "pid", "reserved_time").to_dicts()
+    def reset_orphans(self, is_orphan, connection) -> int:
+        """Return reserved jobs whose worker is gone (``is_orphan(job)``) to the queue.
+
+        Runs on ``connection`` (the heartbeat thread's), not on the table's own.
+        """
+        q = self.quote
+        columns = ", ".join(q(name) for name in [*self.primary_key, "host", "pid"])
+        reserved = connection.query(f"SELECT {columns} FROM {self.jobs.full_table_name} WHERE {q('status')}='reserved'",
+                                    as_dict=True).fetchall()
         count = 0
         for job in reserved:
             if is_orphan(job):
                 key = {name: job[name] for name in self.primary_key}
                 note = f"re-queued: its worker {job['host']}:{job['pid']} stopped"
-                count += self._set_pending([key], note, owner=(job["host"], job["pid"]))
+                count += self._set_pending([key], note, owner=(job["host"], job["pid"]), connection=connection)
                 logger.warning("%s %s %s", self.name, key, note)
         return count
 
@@ -233,7 +239,7 @@ class JobQueue:
             kind="transient" if transient else "permanent", error_message=message[:2047]))
         return len(history & {"cleared": False})
 
-    def _set_pending(self, keys, note: str, *, only_mine=False, owner=None, scheduled=None) -> int:
+    def _set_pending(self, keys, note: str, *, only_mine=False, owner=None, scheduled=None, connection=None) -> int:
         q = self.quote
         where = f"({self._condition(keys)})"
         if only_mine:
@@ -241,7 +247,7 @@ class JobQueue:
         if owner:
             where += f" AND {q('status')}='reserved' AND {self._owned_by()}"
         args = [note[:2047]] + ([scheduled] if scheduled else []) + (list(owner) if owner else [])
-        cursor = self.connection.query(
+        cursor = (connection or self.connection).query(
             f"UPDATE {self.jobs.full_table_name} SET {q('status')}='pending', {q('host')}='', {q('pid')}=0, "
             f"{q('connection_id')}=0, {q('reserved_time')}=NULL, {q('error_message')}=%s, "
             f"{q('scheduled_time')}=" + ("%s" if scheduled else "CURRENT_TIMESTAMP(3)") + f" WHERE {where}",
@@ -264,19 +270,6 @@ class JobQueue:
     def _owned_by(self) -> str:
         """SQL condition on the job's owner; takes (host, pid) as query arguments."""
         return f"{self.quote('host')}=%s AND {self.quote('pid')}=%s"
-
-
-def _job_table(table, attempts: int = 5):
-    """Return ``table().jobs``, declaring it; workers starting together may race to declare it."""
-    for attempt in range(attempts):
-        try:
-            return table().jobs
-        except dj.errors.DataJointError:
-            raise
-        except Exception:  # e.g. PostgreSQL's "relation already exists" from a concurrent CREATE
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 + random.random())
 
 
 def _call_make(table, key: dict, make_kwargs, version: str) -> None:

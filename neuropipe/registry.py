@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 from neuropipe.database import import_datajoint
 
@@ -111,16 +112,18 @@ def server_now(connection):
 
 
 class Heartbeat:
-    """A daemon thread that refreshes a worker's heartbeat over a connection of its own.
+    """A daemon thread that heartbeats and looks for dead workers, over a connection of its own.
 
-    The main thread may spend minutes inside one ``make()`` and one transaction; the
-    heartbeat must not wait for it, so it has its own thread and database connection.
+    The main thread may spend minutes inside one ``make()`` and one transaction; neither the
+    heartbeat nor the rescue of a dead worker's jobs may wait for it.  The thread beats every
+    ``seconds`` and calls ``sweep(connection)`` twice as often.
     """
 
-    def __init__(self, worker_id: str, seconds: float, connect):
+    def __init__(self, worker_id: str, seconds: float, connect, sweep=None):
         self.worker_id = worker_id
         self.seconds = seconds
         self._connect = connect
+        self._sweep = sweep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neuropipe-heartbeat", daemon=True)
         self.current: tuple[str, dict | None] = ("", None)
@@ -135,12 +138,16 @@ class Heartbeat:
         self._thread.join(timeout=self.seconds + 5)
 
     def _run(self) -> None:
-        connection = None
-        while not self._stop.wait(self.seconds):
+        connection, last_beat = None, 0.0
+        while not self._stop.wait(self.seconds / 2):
             try:
                 connection = connection or self._connect()
-                self.beat(connection)
-            except Exception as error:  # the server may be restarting: try again next beat
+                if time.monotonic() - last_beat >= self.seconds * 0.9:
+                    self.beat(connection)
+                    last_beat = time.monotonic()
+                if self._sweep:
+                    self._sweep(connection)
+            except Exception as error:  # the server may be restarting: try again next time
                 logger.warning("heartbeat failed (%s: %s); retrying", error.__class__.__name__, error)
                 connection = None
 
@@ -157,11 +164,11 @@ class Heartbeat:
         )
 
 
-def _update_workers(worker_ids, **values) -> None:
+def _update_workers(worker_ids, connection=None, **values) -> None:
     """Set attributes of the given workers' rows in one statement."""
     if not worker_ids:
         return
-    connection = Worker.connection
+    connection = connection or Worker.connection
     quote = connection.adapter.quote_identifier
     assignments = ", ".join(f"{quote(name)}=%s" for name in values)
     marks = ", ".join(["%s"] * len(worker_ids))
@@ -201,7 +208,10 @@ def orphan_judge(connection, my_host: str):
     ``lost`` on the way.
     """
     now = server_now(connection)
-    workers = Worker.proj("host", "pid", "status", "started_time", "heartbeat_time", "heartbeat_seconds").to_dicts()
+    quote = connection.adapter.quote_identifier
+    names = ("worker_id", "host", "pid", "status", "started_time", "heartbeat_time", "heartbeat_seconds")
+    workers = connection.query(f"SELECT {', '.join(map(quote, names))} FROM {Worker.full_table_name}",
+                               as_dict=True).fetchall()
     # ``latest`` keeps, per host and pid, the most recently started worker (pids get reused)
     latest = {}
     for worker in sorted(workers, key=lambda row: row["started_time"]):
@@ -209,7 +219,7 @@ def orphan_judge(connection, my_host: str):
         latest[(worker["host"], worker["pid"])] = worker
     lost = [w["worker_id"] for w in latest.values() if w["status"] == "running" and w["silent"]]
     if lost:
-        _update_workers(lost, status="lost")
+        _update_workers(lost, status="lost", connection=connection)
         logger.warning("workers %s stopped heartbeating; marked lost", ", ".join(w[:8] for w in lost))
 
     def is_orphan(job: dict) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from neuropipe import __version__, registry
-from neuropipe.database import import_datajoint, open_like
+from neuropipe.database import import_datajoint, open_like, retrying_declaration
 from neuropipe.failures import is_transient
 from neuropipe.jobs import Identity, JobQueue
 from neuropipe.resources import Resources, local_resources
@@ -92,10 +92,10 @@ def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
     ``schemas`` does, is activated with ``prefix``; a plain user module that binds its own
     schemas at import time is used as it is.
     """
-    modules = [importlib.import_module(name) for name in names]
+    modules = [retrying_declaration(importlib.import_module, name) for name in names]
     for module in modules:
         if callable(getattr(module, "activate", None)) and prefix is not None:
-            module.activate(prefix)
+            retrying_declaration(module.activate, prefix)
     return modules
 
 
@@ -181,7 +181,6 @@ class Worker:
         self._signals = 0
         self._heartbeat = None
         self._held: list = []  # (queue, key) claimed but not yet run
-        self._last_sweep = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -242,7 +241,6 @@ class Worker:
                 break
             queue.refresh(self.options.restrictions)
             while not self.stopping and not self._budget_spent():
-                self._sweep_orphans()
                 keys = queue.claim(self.options.batch)
                 if not keys:
                     break
@@ -295,7 +293,7 @@ class Worker:
             resources=self.resources.as_json(), tables=",".join(q.name for q in self.queues)[:4000],
             version=self.identity.version, connection_id=connection.connection_id))
         self._heartbeat = registry.Heartbeat(self.identity.worker_id, self.options.heartbeat,
-                                             lambda: open_like(connection))
+                                             lambda: open_like(connection), self._sweep_orphans)
         self._heartbeat.start()
         logger.info("worker %s (%s:%d) serving %s", self.identity.worker_id[:8], self.identity.host,
                     self.identity.pid, ", ".join(q.name for q in self.queues) or "no tables")
@@ -313,14 +311,12 @@ class Worker:
         if self._heartbeat:
             self._heartbeat.stop()
 
-    def _sweep_orphans(self) -> None:
-        """Return the jobs of dead workers to the queue (at most once per heartbeat)."""
-        if not self.queues or time.monotonic() - self._last_sweep < self.options.heartbeat:
-            return
-        self._last_sweep = time.monotonic()
-        is_orphan = registry.orphan_judge(self.queues[0].connection, self.identity.host)
-        for queue in self.queues:
-            queue.reset_orphans(is_orphan)
+    def _sweep_orphans(self, connection) -> None:
+        """Return the jobs of dead workers to the queue (on the heartbeat thread's connection)."""
+        if self.queues:
+            is_orphan = registry.orphan_judge(connection, self.identity.host)
+            for queue in self.queues:
+                queue.reset_orphans(is_orphan, connection)
 
     def _reconnect(self, connection, wait: float) -> None:
         """Wait, reconnect, and release the reservations the lost connection left behind."""

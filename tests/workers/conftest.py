@@ -40,7 +40,7 @@ MUNGE_PID = Path("/run/munge/munged.pid")
 
 SLURM_CONF = """\
 ClusterName=neuropipe-test
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort={ctld_port}
@@ -256,7 +256,12 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """Stop the daemons this cluster started (TERM, then KILL after 10 s)."""
+        """Cancel the jobs still queued or running; stop the daemons (TERM, then KILL after 10 s)."""
+        with contextlib.suppress(Exception):
+            self.run("scancel", "--partition=test")
+            deadline = time.monotonic() + 20
+            while self.run("squeue", "-h").strip() and time.monotonic() < deadline:
+                time.sleep(0.5)
         for process in reversed(self.daemons):
             process.terminate()
             try:
@@ -270,7 +275,7 @@ def _node_line() -> str:
     """Return the ``NodeName=...`` line ``slurmd -C`` reports for this machine."""
     output = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, timeout=30).stdout
     line = next(line for line in output.splitlines() if line.startswith("NodeName="))
-    return f"{line} State=UNKNOWN"
+    return f"{line} NodeAddr=127.0.0.1 State=UNKNOWN"  # works where the hostname does not resolve
 
 
 def _start(cluster: SlurmCluster) -> None:
@@ -314,10 +319,11 @@ def slurm_cluster():
     os.chmod(root, 0o755)
     (root / "owner").write_text(str(os.getpid()))
     cluster = SlurmCluster(root=root, env={**os.environ, "SLURM_CONF": str(root / "slurm.conf")})
-    munged = _start_munge()
-    if munged:
-        (root / "munged").write_text(str(munged))
+    munged = None
     try:
+        munged = _start_munge()
+        if munged:
+            (root / "munged").write_text(str(munged))
         _start(cluster)
         _wait_for(lambda: _node_idle(cluster), 60, "the SLURM node to be idle", cluster.daemon_logs)
         logger.info("SLURM cluster up in %.1f s", time.monotonic() - start)
