@@ -142,7 +142,7 @@ def retrying_declaration(declare, *args, attempts: int = 5, **kwargs):
         try:
             return declare(*args, **kwargs)
         except Exception as error:
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or isinstance(error, ImportError):
                 raise
             logger.debug("declaration raced with another worker (%s); trying again", error)
             time.sleep(0.2 + random.random())

@@ -241,3 +241,19 @@ def test_status_reports_tables_and_live_workers(pipeline, settings):
     assert progress == [dict(table="Volume", done=0, pending=0, running=0, error=0, ignored=0, workers=[])]
     assert status.live_workers() == []
     np.testing.assert_equal(len(registry.Worker()), 0)
+
+
+@SERVERS
+def test_processes_run_as_separate_workers_and_a_killed_one_is_restarted(toy, settings, tmp_path):
+    toy.Item.insert([{"item": i} for i in range(300, 360)])
+    supervisor = worker_process(settings, tmp_path / "worker-supervisor.log", "--processes", "3", "--max-idle", "3",
+                                TOY_DELAY=0.2)
+    wait_until(lambda: len(registry.Worker & "status='running'") == 3, 60, "three worker processes")
+    children = registry.Worker.to_arrays("pid")
+    assert supervisor.pid not in children
+    os.kill(int(children[0]), signal.SIGKILL)
+    wait_until(lambda: len(registry.Worker & "status='running'") == 3 and len(registry.Worker()) == 4, 60,
+               "the supervisor to replace the killed worker")
+    assert supervisor.wait(timeout=120) == 0, logs(tmp_path)
+    assert len(toy.Square()) == 60 and not toy.Square().jobs.reserved and not toy.Square().jobs.errors
+    assert "exited with -9; restarting it" in (tmp_path / "worker-supervisor.log").read_text()
