@@ -92,6 +92,15 @@ def activate(prefix: str, connection) -> None:
     schema.activate(name, connection=connection)
 
 
+def ensure_active(connection) -> None:
+    """Bind the registry to the configured prefix unless it is bound, on ``connection``, to a live schema."""
+    if schema.database is None or schema.connection is not connection or not schema.exists:
+        from neuropipe.config import load_settings
+        from neuropipe.database import retrying_declaration
+
+        retrying_declaration(activate, load_settings().schema_prefix, connection)
+
+
 def drop() -> None:
     """Drop the registry schema (tests)."""
     if schema.database is not None and schema.exists:

@@ -166,8 +166,8 @@ class Worker:
 
     Notes
     -----
-    The worker registry (:mod:`neuropipe.registry`) must be bound; :meth:`serve` binds it
-    to the configured prefix where it is not.
+    :meth:`serve` binds the worker registry (:mod:`neuropipe.registry`) to the configured
+    prefix unless it is bound already, on the tables' connection.
     """
 
     def __init__(self, tables, options: WorkerOptions = WorkerOptions(), resources: Resources | None = None):
@@ -189,10 +189,7 @@ class Worker:
         if not self.tables:
             return self.tally
         connection = self.tables[0].connection
-        if registry.schema.database is None:
-            from neuropipe.config import load_settings
-
-            registry.activate(load_settings().schema_prefix, connection)
+        registry.ensure_active(connection)
         eligible = [table for table in self.tables if self.resources.can_run(table)]
         for table in set(self.tables) - set(eligible):
             logger.info("%s needs %s; this worker leaves it to others", table.__name__, table.resources)

@@ -26,5 +26,7 @@ def test_notebook_runs(notebook, embedded_server, tmp_path, monkeypatch):
         assert all(t.failed == 0 for t in tally.values()), tally
     finally:
         import schemas
+        from neuropipe import registry
 
         schemas.drop()
+        registry.drop()

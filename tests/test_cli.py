@@ -1,0 +1,53 @@
+"""The command line: worker, status, errors and retry on the bundled pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+
+from neuropipe.cli import main
+
+
+@pytest.fixture
+def environment(pipeline, settings, monkeypatch):
+    """Point the command line at the test's own server, schemas and store."""
+    for variable, value in {"DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
+                            "DJ_PASS": "", "DJ_BACKEND": settings.backend,
+                            "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
+                            "NEUROPIPE_STORE": str(settings.store)}.items():
+        monkeypatch.setenv(variable, value)
+    return pipeline
+
+
+@pytest.mark.parametrize("settings", ["mysql"], indirect=True)
+def test_worker_status_errors_and_retry(environment, tmp_path, capsys):
+    volume = environment.volume
+    np.save(tmp_path / "good.npy", np.arange(60, dtype=np.uint8).reshape(3, 4, 5))
+    volume.Dataset.insert([dict(dataset="good", source=f"file://{tmp_path}/good.npy"),
+                           dict(dataset="missing", source=f"file://{tmp_path}/missing.npy")])
+
+    assert main(["worker", "--tables", "Volume", "--max-idle", "0", "--heartbeat", "1"]) == 0
+    assert len(volume.Volume()) == 1
+
+    capsys.readouterr()
+    assert main(["status", "--tables", "Volume"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("Volume"))
+    assert row.split()[1:6] == ["1", "0", "0", "1", "0"]  # done, pending, running, error, ignored
+    assert "0 live worker(s)" in out
+
+    assert main(["errors", "--traceback"]) == 0
+    out = capsys.readouterr().out
+    assert "Volume {'dataset': 'missing'}  (1 attempt(s)" in out
+    assert "missing.npy does not exist" in out and "Traceback" in out and "1 failed job(s)" in out
+
+    np.save(tmp_path / "missing.npy", np.ones((2, 3, 3), np.uint8) * np.arange(3, dtype=np.uint8))
+    assert main(["retry", "--key", json.dumps({"dataset": "missing"})]) == 0
+    assert "re-queued 1 failed job(s)" in capsys.readouterr().out
+    assert main(["worker", "--tables", "Volume", "--max-idle", "0", "--heartbeat", "1"]) == 0
+    assert len(volume.Volume()) == 2 and not volume.Volume().jobs.errors
+
+
+def test_bad_gpu_spec_is_a_clear_error(capsys):
+    assert main(["worker", "--gpus", "first"]) == 2
+    assert "expected 'all', 'none' or device indices" in capsys.readouterr().err
