@@ -7,9 +7,9 @@ and keeps every state in that table so what DataJoint users already query shows 
   were deleted);
 - ``claim`` reserves one or several pending keys in one atomic conditional UPDATE;
 - ``run`` calls ``make()`` and marks the job done *in the same transaction*, so a job is
-  never done without its rows nor its rows without the job done (one commit per job
-  instead of DataJoint's three), and a worker that lost its reservation while paused
-  cannot create a duplicate or an error row;
+  never done without its rows nor its rows without the job done (with the claim, two
+  commits per job where DataJoint's populate makes four), and a worker that lost its
+  reservation while paused cannot create a duplicate or an error row;
 - ``fail`` records the attempt in :class:`~neuropipe.registry.Failure` and either
   re-queues the job with backoff (transient failures) or marks it ``error`` (permanent);
 - ``release`` and ``reset_orphans`` hand reservations back to the queue.
@@ -62,6 +62,7 @@ class JobQueue:
         self.connection = self.jobs.connection
         self.quote = self.connection.adapter.quote_identifier
         self.primary_key = list(self.jobs.primary_key)
+        self.user = self.connection.get_user()
 
     @property
     def name(self) -> str:
@@ -112,7 +113,7 @@ class JobQueue:
             f"{q('reserved_time')}=CURRENT_TIMESTAMP(3) "
             f"WHERE {q('status')}='pending' AND {q('scheduled_time')} <= CURRENT_TIMESTAMP(3) AND ({condition})",
             args=(self.identity.host, self.identity.pid, self.connection.connection_id,
-                  self.connection.get_user(), self.identity.version),
+                  self.user, self.identity.version),
         )
         if cursor.rowcount == len(candidates):
             return candidates
