@@ -31,7 +31,7 @@ SERVERS = {"postgresql": ("127.0.0.1", 5432, "root"), "mysql": ("127.0.0.1", 330
 
 
 def settings_for(backend: str) -> Settings:
-    """Settings of a local server, or of the embedded PostgreSQL."""
+    """Return settings of a local server, or of the embedded PostgreSQL."""
     store = Path(tempfile.mkdtemp(prefix="bench-store-"))
     if backend == "embedded":
         from neuropipe.embedded import EmbeddedPostgres

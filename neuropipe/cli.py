@@ -151,7 +151,7 @@ def _worker(args) -> int:
 
 
 def _child_argv(args) -> list[str]:
-    """The options a supervisor passes on to each worker process."""
+    """Return the options a supervisor passes on to each worker process."""
     argv = [f"--pipeline={name}" for name in args.pipeline or []]
     argv += [f"--tables={pattern}" for pattern in args.tables or []]
     for option in ("heartbeat", "poll", "max_idle", "max_jobs", "max_retries", "batch", "memory_gb"):
@@ -173,9 +173,9 @@ def _status(args) -> int:
     print(f"\n{len(workers)} live worker(s)")
     for worker in workers:
         job = f"{worker['current_table'].split('.')[-1]} {worker['current_key']}" if worker["current_table"] else "idle"
-        print(f"  {worker['host']}:{worker['pid']} {worker['status']:<8} since {worker['started_time']:%Y-%m-%d %H:%M:%S}"
-              f"  heartbeat {worker['heartbeat_age']:.0f} s ago  done {worker['jobs_done']} failed {worker['jobs_failed']}"
-              f"  resources {worker['resources']}  now: {job}")
+        print(f"  {worker['host']}:{worker['pid']} {worker['status']:<8} "
+              f"since {worker['started_time']:%Y-%m-%d %H:%M:%S}  heartbeat {worker['heartbeat_age']:.0f} s ago  "
+              f"done {worker['jobs_done']} failed {worker['jobs_failed']}  resources {worker['resources']}  now: {job}")
     return 0
 
 

@@ -235,9 +235,10 @@ class JobQueue:
         name, digest = self.table.full_table_name, registry.key_hash(key)
         history = registry.Failure & {"table_name": name, "key_hash": digest}
         registry.Failure.insert1(dict(
-            table_name=name, key_hash=digest, attempt=len(history) + 1, job_key=json.loads(json.dumps(key, default=str)),
-            worker_id=self.identity.worker_id, failed_time=registry.server_now(self.connection),
-            kind="transient" if transient else "permanent", error_message=message[:2047]))
+            table_name=name, key_hash=digest, attempt=len(history) + 1,
+            job_key=json.loads(json.dumps(key, default=str)), worker_id=self.identity.worker_id,
+            failed_time=registry.server_now(self.connection), kind="transient" if transient else "permanent",
+            error_message=message[:2047]))
         return len(history & {"cleared": False})
 
     def _set_pending(self, keys, note: str, *, only_mine=False, owner=None, scheduled=None, connection=None) -> int:
@@ -269,7 +270,7 @@ class JobQueue:
         return {"host": self.identity.host, "pid": self.identity.pid}
 
     def _owned_by(self) -> str:
-        """SQL condition on the job's owner; takes (host, pid) as query arguments."""
+        """Return the SQL condition on the job's owner; it takes (host, pid) as query arguments."""
         return f"{self.quote('host')}=%s AND {self.quote('pid')}=%s"
 
 

@@ -27,7 +27,7 @@ def table_progress(tables) -> list[dict]:
 
 
 def live_workers() -> list[dict]:
-    """Registered workers that are running (or stopping), newest first."""
+    """Return the registered workers that are running, stopping or lost, newest first."""
     now = registry.server_now(registry.Worker.connection)
     workers = (registry.Worker & "status in ('running', 'stopping', 'lost')").to_dicts(order_by="started_time DESC")
     for worker in workers:

@@ -73,21 +73,28 @@ def supervise(slots: list[Slot], *, poll: float = 0.5) -> int:
         while not all(slot.finished for slot in slots):
             time.sleep(poll)
             for slot in slots:
-                if slot.finished or slot.process.poll() is None:
-                    continue
-                code = slot.process.returncode
-                if code == 0 or stop_signals:
-                    slot.finished = True
-                elif _may_restart(slot):
-                    logger.warning("worker %s exited with %s; restarting it", slot.name, code)
-                    _start(slot)
-                else:
-                    logger.error("worker %s keeps failing (exit %s); giving up on it", slot.name, code)
-                    slot.finished, failed = True, True
+                failed = _tend(slot, stopping=bool(stop_signals)) or failed
         return 1 if failed else 0
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _tend(slot: Slot, *, stopping: bool) -> bool:
+    """Restart the slot's worker if it died; return True when giving up on it."""
+    if slot.finished or slot.process.poll() is None:
+        return False
+    code = slot.process.returncode
+    if code == 0 or stopping:
+        slot.finished = True
+    elif _may_restart(slot):
+        logger.warning("worker %s exited with %s; restarting it", slot.name, code)
+        _start(slot)
+    else:
+        logger.error("worker %s keeps failing (exit %s); giving up on it", slot.name, code)
+        slot.finished = True
+        return True
+    return False
 
 
 def _start(slot: Slot) -> None:

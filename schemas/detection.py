@@ -1,8 +1,9 @@
 """Cell detection on membrane probability maps.
 
 A cell's interior is where the membrane probability is low, so detection runs on
-``1 - P(membrane)``: xbrain's greedy sphere detection by default, or connected components
-(``method='components'``), as chosen by :class:`DetectionParams`.
+``1 - P(membrane)``: xbrain's greedy sphere detection by default, connected components
+(``method='components'``) or a seeded distance-transform watershed that separates touching
+cells (``method='distance'``), as chosen by :class:`DetectionParams`.
 """
 
 import numpy as np
@@ -16,7 +17,7 @@ from schemas.volume import Dataset
 dj = import_datajoint()
 schema = dj.Schema()
 
-DETECTION_METHODS = ("spheres", "components")
+DETECTION_METHODS = ("spheres", "components", "distance")
 
 
 def _non_negative_int(value) -> bool:

@@ -10,6 +10,10 @@ Two methods are provided:
     score map locally.
 ``"components"``
     Threshold, connected components, dust removal.
+``"distance"``
+    Seeded watershed of the distance transform of the thresholded
+    probability (see :mod:`neuropipe.ops._distance`): separates touching
+    cells and keeps cells cut by the border.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve, oaconvolve
 
+from ._distance import detect_by_distance
 from ._validate import (
     as_volume,
     check_fraction,
@@ -35,7 +40,7 @@ __all__ = ["Detections", "detect_cells"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("spheres", "components")
+_METHODS = ("spheres", "components", "distance")
 _PROB_TOLERANCE = 1e-6
 
 
@@ -205,6 +210,14 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     kept, and they are numbered in raster order of their first voxel.
     Centroids are the component centroids; scores the mean ``P``.
 
+    ``method="distance"``: voxels with ``P > threshold`` form the foreground;
+    the maxima of its (anisotropic, smoothed) distance to the background at
+    least ``sphere_size / 2`` apart seed a watershed of that distance, one
+    region per cell; regions smaller than ``min_voxels`` are dropped.
+    Centroids are the region centroids, scores the mean ``P``, and at most
+    ``max_cells`` of the deepest seeds are kept.  Touching cells separate
+    at the neck between them; ``sphere_size`` is the expected diameter.
+
     Parameters
     ----------
     prob : array_like of shape (Z, Y, X), float
@@ -221,8 +234,8 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
         Maximum number of detections, >= 1.
     voxel_size : sequence of 3 float, optional
         Physical (z, y, x) voxel size; ``None`` means isotropic.
-    method : {'spheres', 'components'}, optional
-        Detection method.
+    method : {'spheres', 'components', 'distance'}, optional
+        Detection method. Default 'spheres' (xbrain).
     min_voxels : int, optional
         Dust size for the components method.
 
@@ -264,7 +277,11 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
 
     if method == "spheres":
         result = _detect_spheres(prob, threshold, stop, sphere_size, dilation, max_cells, voxel_size)
-    else:
+    elif method == "components":
         result = _detect_components(prob, threshold, max_cells, min_voxels, voxel_size)
+    else:
+        found = detect_by_distance(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size)
+        result = _empty(prob.shape) if found is None else Detections(
+            labels=found[0], centroids=found[1], scores=found[2], voxel_counts=found[3])
     logger.debug("detect_cells(%s): %d detections", method, result.count)
     return result

@@ -215,7 +215,7 @@ def _stopping(iterations, minutes):
 
 def train_membrane(images, labels, *, iterations=None, minutes=None, device=None, seed=0, progress=True,
                    width=16, depth=3, crop=128, batch_size=8, learning_rate=1e-3, norm="batch",
-                   upsample="bilinear", num_threads=None):
+                   upsample="bilinear", num_threads=None, schedule="constant", validation=0):
     """Train a 2-D U-Net to predict membrane probability.
 
     Each iteration draws ``batch_size`` random square crops (side
@@ -258,6 +258,15 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     num_threads : int, optional
         If given, torch's intra-op thread count during training (restored
         afterwards). By default global torch settings are left alone.
+    schedule : {'constant', 'cosine'}, optional
+        Learning rate over the budget: constant, or decayed to zero along a
+        half cosine (progress measured against ``iterations`` or
+        ``minutes``, whichever is nearer). Default 'constant'.
+    validation : int, optional
+        Slices held out of training (evenly spaced) to choose the checkpoint:
+        the network is scored on them about every 10 % of the budget and the
+        weights with the lowest pixel error are kept. Default 0 (keep the
+        last weights).
 
     Returns
     -------
@@ -282,6 +291,9 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     """
     data, labels, mean, std = _training_data(images, labels)
     max_steps, max_seconds = _stopping(iterations, minutes)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
+    data, labels, held_images, held_labels = _hold_out(data, labels, validation)
     side = min(check_positive_int("crop", crop), *data.shape[1:])
     batch_size = check_positive_int("batch_size", batch_size)
     learning_rate = check_positive("learning_rate", learning_rate)
@@ -295,10 +307,17 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
     rng = np.random.default_rng(seed)
     log_every = max(1, iterations // 10) if iterations is not None else None
-    history = []
+    history, checkpoints = [], []
+    best = (math.inf, None)
     start = last_log = time.perf_counter()
     with _threads(num_threads):
         while not history or (len(history) < max_steps and time.perf_counter() - start < max_seconds):
+            done = max(len(history) / max_steps, (time.perf_counter() - start) / max_seconds)
+            if schedule == "cosine":
+                for group in optimiser.param_groups:
+                    group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+            if held_images is not None and done >= 0.1 * (len(checkpoints) + 1):
+                best = _checkpoint(net, held_images, held_labels, device, depth, best, checkpoints)
             xb, yb = _sample_batch(rng, data, labels, batch_size, side)
             xb = xb.to(device).contiguous(memory_format=torch.channels_last)
             yb = yb.to(device)
@@ -314,11 +333,43 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
                 last_log = now
                 logger.info("train_membrane: iteration %d loss %.4f elapsed %.1f s",
                             len(history), history[-1], now - start)
+    if held_images is not None:
+        best = _checkpoint(net, held_images, held_labels, device, depth, best, checkpoints)
+        net.load_state_dict(best[1])
+        logger.info("train_membrane: kept the checkpoint with validation pixel error %.4f", best[0])
     hp = {"width": int(width), "depth": int(depth), "norm": str(norm), "upsample": str(upsample),
           "mean": mean, "std": std, "crop": int(side), "batch_size": batch_size,
           "learning_rate": learning_rate, "seed": int(seed), "membrane_fraction": frac,
-          "device": str(device), "seconds": float(time.perf_counter() - start)}
+          "device": str(device), "seconds": float(time.perf_counter() - start), "schedule": schedule,
+          "validation_errors": [float(error) for error in checkpoints]}
     return MembraneModel(network=net.eval(), hyperparameters=hp, history=history)
+
+
+def _hold_out(data, labels, validation):
+    """Split ``validation`` evenly spaced slices off the training stack (none when 0)."""
+    if validation in (0, None):
+        return data, labels, None, None
+    count = check_positive_int("validation", validation)
+    if count >= data.shape[0]:
+        raise ValueError(f"validation={count} leaves no slice to train on (the stack has {data.shape[0]})")
+    held = np.unique(np.linspace(data.shape[0] - 1, 0, count, endpoint=False).round().astype(int))
+    keep = np.setdiff1d(np.arange(data.shape[0]), held)
+    return data[keep], labels[keep], data[held], labels[held]
+
+
+def _checkpoint(net, images, labels, device, depth, best, errors):
+    """Score the network on held-out slices; return the better of it and ``best`` (error, weights)."""
+    net.eval()
+    with torch.inference_mode():
+        x = torch.from_numpy(images[:, None]).to(device)
+        logits = net(pad_to_multiple(x, 2**depth).contiguous(memory_format=torch.channels_last))
+        predicted = (logits[:, 0, :images.shape[1], :images.shape[2]] > 0).cpu().numpy()
+    net.train()
+    error = float(np.mean(predicted != labels))
+    errors.append(error)
+    if error < best[0]:
+        best = (error, {name: value.detach().clone() for name, value in net.state_dict().items()})
+    return best
 
 
 def _window_1d(length, overlap):
@@ -339,7 +390,7 @@ def _tile_starts(size, tile, step):
     return starts
 
 
-def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4):
+def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4, augment=False):
     """Predict the membrane probability of every voxel, slice by slice.
 
     Each Z slice is cut into ``tile`` x ``tile`` tiles (clipped to the
@@ -362,6 +413,9 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
         Overlap of neighbouring tiles, ``0 <= overlap < tile``. Default 32.
     batch_size : int, optional
         Tiles per forward pass. Default 4.
+    augment : bool, optional
+        Test-time augmentation: average the predictions of the 8 flips and
+        rotations of each slice (8 times the work). Default False.
 
     Returns
     -------
@@ -383,6 +437,26 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
         raise ValueError(f"overlap must be an integer in [0, tile={tile}); got {overlap!r}")
     device = _resolve_device(device)
     net = model.network.to(device=device, memory_format=torch.channels_last).eval()
+    if not augment:
+        return _predict_tiles(net, model, volume, device, tile, overlap, batch_size)
+    total = np.zeros(volume.shape, np.float32)
+    for k in range(8):
+        turned = np.ascontiguousarray(_dihedral_stack(volume, k))
+        total += _dihedral_stack(_predict_tiles(net, model, turned, device, tile, overlap, batch_size), k, inverse=True)
+    return total / 8
+
+
+def _dihedral_stack(stack, k, inverse=False):
+    """Apply dihedral transform ``k`` (0..7) to every slice of a ZYX stack, or undo it."""
+    if inverse:
+        stack = stack[:, :, ::-1] if k >= 4 else stack
+        return np.rot90(stack, -(k % 4), axes=(1, 2))
+    stack = np.rot90(stack, k % 4, axes=(1, 2))
+    return stack[:, :, ::-1] if k >= 4 else stack
+
+
+def _predict_tiles(net, model, volume, device, tile, overlap, batch_size):
+    """Blend the network's predictions over overlapping tiles of every slice."""
     nz, ny, nx = volume.shape
     th, tw = min(tile, ny), min(tile, nx)
     weight = np.outer(_window_1d(th, overlap), _window_1d(tw, overlap))

@@ -163,3 +163,40 @@ def test_invalid_input_is_refused(prob, kwargs, message):
 def test_probabilities_within_rounding_of_the_range_are_accepted():
     prob = _plant((12, 12, 12), [(6, 6, 6)], 6) * (1 + 1e-7)
     assert detect_cells(prob, sphere_size=6).count == 1
+
+
+def _balls(shape, centres, radius, spacing=(1.0, 1.0, 1.0)):
+    grid = np.indices(shape).reshape(3, -1).T * np.asarray(spacing)
+    volume = np.zeros(shape, float)
+    for centre in centres:
+        inside = np.linalg.norm(grid - np.asarray(centre) * np.asarray(spacing), axis=1) <= radius
+        volume.ravel()[inside] = 1.0
+    return volume
+
+
+def test_distance_method_separates_touching_cells():
+    centres = [(12, 12, 10), (12, 12, 21)]  # radius 6: the balls overlap by one voxel
+    found = detect_cells(_balls((24, 24, 32), centres, 6), method="distance", threshold=0.5, sphere_size=12)
+    assert found.count == 2
+    order = np.argsort(found.centroids[:, 2])
+    np.testing.assert_allclose(found.centroids[order], centres, atol=1.0)
+    assert found.labels.max() == 2 and found.voxel_counts.sum() == np.count_nonzero(found.labels)
+
+
+def test_distance_method_keeps_a_cell_cut_by_the_border():
+    found = detect_cells(_balls((20, 20, 20), [(10, 10, 1)], 6), method="distance", threshold=0.5, sphere_size=12)
+    assert found.count == 1 and found.centroids[0, 2] < 4
+
+
+def test_distance_method_on_anisotropic_voxels():
+    spacing = (3.0, 1.0, 1.0)
+    centres = [(4, 10, 10), (4, 10, 23)]
+    prob = _balls((9, 20, 34), centres, 6, spacing)
+    found = detect_cells(prob, method="distance", threshold=0.5, sphere_size=12, voxel_size=spacing)
+    assert found.count == 2
+    np.testing.assert_allclose(found.centroids[np.argsort(found.centroids[:, 2])], centres, atol=1.0)
+
+
+def test_distance_method_finds_nothing_in_an_empty_volume():
+    found = detect_cells(np.zeros((8, 8, 8)), method="distance", sphere_size=6)
+    assert found.count == 0 and found.labels.shape == (8, 8, 8)

@@ -115,3 +115,28 @@ def test_slow_training_on_synthetic_sample_reaches_low_pixel_error_on_held_out_v
     model = train_membrane(train.image, train.membrane, iterations=300, crop=64, progress=False)
     scores = pixel_scores(predict_membrane(model, held_out.image), held_out.membrane)
     assert scores.pixel_error < 0.1
+
+
+def test_test_time_augmentation_is_exactly_rotation_equivariant(model, small):
+    volume = small.image[:2, :64, :64]
+    plain = predict_membrane(model, np.rot90(volume, 1, axes=(1, 2)), augment=True)
+    turned = np.rot90(predict_membrane(model, volume, augment=True), 1, axes=(1, 2))
+    np.testing.assert_allclose(plain, turned, atol=1e-5)
+    assert not np.allclose(predict_membrane(model, volume), predict_membrane(model, volume, augment=True))
+
+
+def test_validation_keeps_the_best_checkpoint(small):
+    trained = train_membrane(small.image, small.membrane, iterations=40, crop=32, batch_size=4, width=8, depth=2,
+                             progress=False, validation=2, schedule="cosine")
+    errors = trained.hyperparameters["validation_errors"]
+    assert len(errors) >= 2
+    held = np.unique(np.linspace(small.image.shape[0] - 1, 0, 2, endpoint=False).round().astype(int))
+    probability = predict_membrane(trained, small.image[held])
+    assert pixel_scores(probability, small.membrane[held]).pixel_error == pytest.approx(min(errors), abs=2e-3)
+
+
+@pytest.mark.parametrize("change, message", [({"schedule": "step"}, "schedule must be"),
+                                             ({"validation": 99}, "leaves no slice to train on")])
+def test_invalid_schedule_or_validation_is_refused(small, change, message):
+    with pytest.raises(ValueError, match=message):
+        train_membrane(small.image, small.membrane, iterations=1, progress=False, **change)
