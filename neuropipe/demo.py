@@ -21,6 +21,10 @@ from neuropipe.io import format_bbox, parse_source, volume_shape
 from neuropipe.worker import pipeline_tables, run_worker
 
 SAMPLE_SHAPE = (24, 128, 128)
+# Measured on ISBI 2012 (bench/bench_isbi.py): a deeper net, a cosine learning rate, the
+# checkpoint chosen on two held-out slices and an unweighted loss (calibrated probabilities)
+# bring the held-out pixel error from 0.099 to 0.075 in 10 CPU-minutes.
+REAL_DATA_TRAINING = dict(depth=4, schedule="cosine", validation=2, learning_rate=2e-3, balance=0.0)
 SAMPLE_CELL_DIAMETER = 14
 
 
@@ -100,7 +104,7 @@ def source_plan(source: str, labels: str | None, *, name: str | None = None, tra
     return Plan(
         datasets=datasets,
         annotations=annotations,
-        training=dict(iterations=iterations, minutes=minutes, seed=0),
+        training=dict(iterations=iterations, minutes=minutes, seed=0, **REAL_DATA_TRAINING),
         detection=dict(method="components", threshold=0.5, min_voxels=20, max_cells=100_000),
     )
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from neuropipe import ops
 from neuropipe.database import import_datajoint
-from neuropipe.params import ParamSet, positive
+from neuropipe.params import ParamSet, fraction, positive
 from schemas.volume import Annotation, AnnotationVolume, Volume
 
 dj = import_datajoint()
@@ -32,6 +32,9 @@ class TrainingParams(ParamSet, dj.Lookup):
         "crop": (positive, "a positive crop size in pixels"),
         "batch_size": (positive, "a positive integer"),
         "learning_rate": (positive, "a positive number"),
+        "balance": (fraction, "a number in [0, 1]"),
+        "validation": (lambda value: isinstance(value, int) and value >= 0, "a non-negative number of slices"),
+        "schedule": (lambda value: value in ("constant", "cosine"), "'constant' or 'cosine'"),
     }
     definition = """
     training_id : char(16)                # content hash of params
@@ -52,6 +55,7 @@ class InferenceParams(ParamSet, dj.Lookup):
         "tile": (positive, "a positive tile size in pixels"),
         "overlap": (lambda value: isinstance(value, int) and value >= 0, "a non-negative integer"),
         "batch_size": (positive, "a positive integer"),
+        "augment": (lambda value: isinstance(value, bool), "true or false"),
     }
     definition = """
     inference_id : char(16)               # content hash of params

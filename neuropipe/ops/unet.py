@@ -215,14 +215,14 @@ def _stopping(iterations, minutes):
 
 def train_membrane(images, labels, *, iterations=None, minutes=None, device=None, seed=0, progress=True,
                    width=16, depth=3, crop=128, batch_size=8, learning_rate=1e-3, norm="batch",
-                   upsample="bilinear", num_threads=None, schedule="constant", validation=0):
+                   upsample="bilinear", num_threads=None, schedule="constant", validation=0, balance=1.0):
     """Train a 2-D U-Net to predict membrane probability.
 
     Each iteration draws ``batch_size`` random square crops (side
     ``min(crop, Y, X)``) from random Z slices, applies one of the 8 dihedral
-    flips/rotations to each, and takes an Adam step on a class-balanced
-    binary cross-entropy: each class is weighted by the inverse of its
-    frequency in ``labels`` (weights average 1 over the voxels).  Training
+    flips/rotations to each, and takes an Adam step on a binary
+    cross-entropy, class-balanced by default: each class is weighted by the
+    inverse of its frequency in ``labels`` (see ``balance``).  Training
     stops after ``iterations`` steps or ``minutes`` of wall time, whichever
     comes first; at least one step always runs.
 
@@ -262,6 +262,11 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
         Learning rate over the budget: constant, or decayed to zero along a
         half cosine (progress measured against ``iterations`` or
         ``minutes``, whichever is nearer). Default 'constant'.
+    balance : float, optional
+        Class balancing of the loss, in [0, 1]: each class is weighted by
+        ``(0.5 / its frequency) ** balance``. 1 (default) balances membrane
+        and background fully; 0 is plain cross-entropy, whose probabilities
+        are calibrated, so thresholding them at 0.5 minimises pixel error.
     validation : int, optional
         Slices held out of training (evenly spaced) to choose the checkpoint:
         the network is scored on them about every 10 % of the budget and the
@@ -299,7 +304,10 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     learning_rate = check_positive("learning_rate", learning_rate)
     device = _resolve_device(device)
     frac = float(np.count_nonzero(labels)) / labels.size
-    w_pos, w_neg = 0.5 / frac, 0.5 / (1.0 - frac)
+    balance = float(balance)
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance must be in [0, 1]; got {balance!r}")
+    w_pos, w_neg = (0.5 / frac) ** balance, (0.5 / (1.0 - frac)) ** balance
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = UNet2d(width=width, depth=depth, norm=norm, upsample=upsample)
