@@ -136,7 +136,8 @@ def test_validation_keeps_the_best_checkpoint(small):
 
 
 @pytest.mark.parametrize("change, message", [({"schedule": "step"}, "schedule must be"),
-                                             ({"validation": 99}, "leaves no slice to train on")])
+                                             ({"validation": 99}, "leaves no slice to train on"),
+                                             ({"balance": 2}, "balance must be in")])
 def test_invalid_schedule_or_validation_is_refused(small, change, message):
     with pytest.raises(ValueError, match=message):
         train_membrane(small.image, small.membrane, iterations=1, progress=False, **change)
