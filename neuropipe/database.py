@@ -146,3 +146,20 @@ def retrying_declaration(declare, *args, attempts: int = 5, **kwargs):
                 raise
             logger.debug("declaration raced with another worker (%s); trying again", error)
             time.sleep(0.2 + random.random())
+
+
+def bind_schema(schema, name: str, connection) -> None:
+    """Activate ``schema`` as ``name`` on ``connection``, re-binding it if bound elsewhere.
+
+    DataJoint refuses to re-activate a schema object under another name; tests (and a
+    notebook switching servers) bind the same table classes to one schema after another.
+    """
+    if schema.database != name or schema.connection is not connection:
+        schema.database = None
+    schema.activate(name, connection=connection)
+
+
+def drop_schema(schema) -> None:
+    """Drop a bound schema and its tables if it exists (no prompt)."""
+    if schema.database is not None and schema.exists:
+        schema.drop(prompt=False)

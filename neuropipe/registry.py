@@ -19,7 +19,7 @@ import os
 import threading
 import time
 
-from neuropipe.database import import_datajoint
+from neuropipe.database import bind_schema, drop_schema, import_datajoint
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
@@ -86,10 +86,7 @@ class Failure(dj.Manual):
 
 def activate(prefix: str, connection) -> None:
     """Bind the registry to the schema ``<prefix>workers`` on ``connection``."""
-    name = prefix + "workers"
-    if schema.database != name or schema.connection is not connection:
-        schema.database = None
-    schema.activate(name, connection=connection)
+    bind_schema(schema, prefix + "workers", connection)
 
 
 def ensure_active(connection) -> None:
@@ -103,8 +100,7 @@ def ensure_active(connection) -> None:
 
 def drop() -> None:
     """Drop the registry schema (tests)."""
-    if schema.database is not None and schema.exists:
-        schema.drop(prompt=False)
+    drop_schema(schema)
 
 
 def key_hash(key: dict) -> str:

@@ -6,6 +6,7 @@ database.  :func:`activate` binds all four, in dependency order, to schemas name
 The worker and the demo call it with the configured prefix; tests call it with their own.
 """
 
+from neuropipe.database import bind_schema, drop_schema, import_datajoint
 from schemas import detection, membrane, metrics, volume
 
 MODULES = (volume, membrane, detection, metrics)
@@ -26,18 +27,12 @@ def activate(prefix: str, connection=None) -> None:
     A pipeline already bound elsewhere is re-bound (tests bind it to one server after another).
     """
     if connection is None:
-        from neuropipe.database import import_datajoint
-
         connection = import_datajoint().conn()
     for module in MODULES:
-        name = prefix + module.__name__.rsplit(".", 1)[-1]
-        if module.schema.database != name or module.schema.connection is not connection:
-            module.schema.database = None
-        module.schema.activate(name, connection=connection)
+        bind_schema(module.schema, prefix + module.__name__.rsplit(".", 1)[-1], connection)
 
 
-def drop(connection=None) -> None:
+def drop() -> None:
     """Drop the pipeline's schemas and everything in them, downstream first."""
     for module in reversed(MODULES):
-        if module.schema.database is not None and module.schema.exists:
-            module.schema.drop(prompt=False)
+        drop_schema(module.schema)
