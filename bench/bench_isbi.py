@@ -61,6 +61,8 @@ def main() -> None:
             print(f"seed {seed} {args.minutes:g} min {options} augment={augment}: pixel error "
                   f"{result['pixel_error']:.4f}  F1 {result['f1']:.3f}  adapted Rand {result['rand']:.4f}  "
                   f"({model.iterations} iterations, train {trained:.0f} s, predict {predicted:.1f} s)", flush=True)
+        errors = " ".join(f"{error:.4f}" for error in model.hyperparameters.get("validation_errors", []))
+        print(f"  validation pixel error per checkpoint: {errors or '-'}; final loss {model.final_loss:.4f}")
 
 
 if __name__ == "__main__":

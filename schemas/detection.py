@@ -2,8 +2,8 @@
 
 A cell's interior is where the membrane probability is low, so detection runs on
 ``1 - P(membrane)``: xbrain's greedy sphere detection by default, connected components
-(``method='components'``) or a seeded distance-transform watershed that separates touching
-cells (``method='distance'``), as chosen by :class:`DetectionParams`.
+(``method='components'``) or multi-scale blob detection that separates touching cells of
+mixed sizes (``method='blobs'``), as chosen by :class:`DetectionParams`.
 """
 
 import numpy as np
@@ -17,7 +17,7 @@ from schemas.volume import Dataset
 dj = import_datajoint()
 schema = dj.Schema()
 
-DETECTION_METHODS = ("spheres", "components", "distance")
+DETECTION_METHODS = ("spheres", "components", "blobs")
 
 
 def _non_negative_int(value) -> bool:

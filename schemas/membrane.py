@@ -35,6 +35,9 @@ class TrainingParams(ParamSet, dj.Lookup):
         "balance": (fraction, "a number in [0, 1]"),
         "validation": (lambda value: isinstance(value, int) and value >= 0, "a non-negative number of slices"),
         "schedule": (lambda value: value in ("constant", "cosine"), "'constant' or 'cosine'"),
+        "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
+        "warp": (lambda value: isinstance(value, (int, float)) and value >= 0, "a non-negative number"),
+        "average": (lambda value: isinstance(value, (int, float)) and 0 <= value < 1, "a number in [0, 1)"),
     }
     definition = """
     training_id : char(16)                # content hash of params
@@ -56,6 +59,7 @@ class InferenceParams(ParamSet, dj.Lookup):
         "overlap": (lambda value: isinstance(value, int) and value >= 0, "a non-negative integer"),
         "batch_size": (positive, "a positive integer"),
         "augment": (lambda value: isinstance(value, bool), "true or false"),
+        "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
     }
     definition = """
     inference_id : char(16)               # content hash of params

@@ -20,13 +20,16 @@ from .metrics import (
     variation_of_information,
 )
 from .synthetic import SyntheticSample, make_sample
-from .unet import MembraneModel, UNet2d, predict_membrane, train_membrane
+from .synthetic_nuclei import NucleiSample, make_nuclei
+from .unet import PRECISIONS, MembraneModel, UNet2d, predict_membrane, train_membrane
 
 __all__ = [
+    "PRECISIONS",
     "Components",
     "Detections",
     "MatchResult",
     "MembraneModel",
+    "NucleiSample",
     "PixelScores",
     "SyntheticSample",
     "UNet2d",
@@ -35,6 +38,7 @@ __all__ = [
     "detect_cells",
     "gmm_probability",
     "label_components",
+    "make_nuclei",
     "make_sample",
     "match_centroids",
     "pixel_scores",

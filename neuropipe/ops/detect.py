@@ -1,6 +1,6 @@
 """Cell detection in a cell-probability volume.
 
-Two methods are provided:
+Three methods are provided:
 
 ``"spheres"``
     The greedy sphere-template detector of xbrain (Dyer et al., 2017,
@@ -10,10 +10,11 @@ Two methods are provided:
     score map locally.
 ``"components"``
     Threshold, connected components, dust removal.
-``"distance"``
-    Seeded watershed of the distance transform of the thresholded
-    probability (see :mod:`neuropipe.ops._distance`): separates touching
-    cells and keeps cells cut by the border.
+``"blobs"``
+    Multi-scale Laplacian-of-Gaussian blob detection (see
+    :mod:`neuropipe.ops._blobs`): finds each cell at its own size, so it
+    separates touching cells of mixed sizes where one sphere template
+    splits the large ones and merges the small ones.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve, oaconvolve
 
-from ._distance import detect_by_distance
+from ._blobs import detect_blobs
 from ._validate import (
     as_volume,
     check_fraction,
@@ -40,7 +41,7 @@ __all__ = ["Detections", "detect_cells"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("spheres", "components", "distance")
+_METHODS = ("spheres", "components", "blobs")
 _PROB_TOLERANCE = 1e-6
 
 
@@ -210,13 +211,16 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     kept, and they are numbered in raster order of their first voxel.
     Centroids are the component centroids; scores the mean ``P``.
 
-    ``method="distance"``: voxels with ``P > threshold`` form the foreground;
-    the maxima of its (anisotropic, smoothed) distance to the background at
-    least ``sphere_size / 2`` apart seed a watershed of that distance, one
-    region per cell; regions smaller than ``min_voxels`` are dropped.
-    Centroids are the region centroids, scores the mean ``P``, and at most
-    ``max_cells`` of the deepest seeds are kept.  Touching cells separate
-    at the neck between them; ``sphere_size`` is the expected diameter.
+    ``method="blobs"``: the scale-normalised Laplacian of Gaussian of ``P``
+    is computed for ball radii from 0.7 to 1.6 times ``sphere_size / 2``
+    (the expected cell diameter; physical units with ``voxel_size``, the
+    volume mirrored at its border) and its maximum over scales taken; every
+    local maximum inside ``P > threshold`` (0.7 to 0.85 suit a GMM map) at
+    least ``sphere_size / 4`` from a stronger one is a cell, centred there.
+    The mask's voxels go to the cells by a watershed of the response (the
+    labels); cells with fewer than ``min_voxels`` voxels are dropped, at
+    most ``max_cells`` of the strongest are kept, and the score is the mean
+    ``P`` of the cell's voxels.  Touching cells of different sizes separate.
 
     Parameters
     ----------
@@ -234,10 +238,10 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
         Maximum number of detections, >= 1.
     voxel_size : sequence of 3 float, optional
         Physical (z, y, x) voxel size; ``None`` means isotropic.
-    method : {'spheres', 'components', 'distance'}, optional
+    method : {'spheres', 'components', 'blobs'}, optional
         Detection method. Default 'spheres' (xbrain).
     min_voxels : int, optional
-        Dust size for the components method.
+        Smallest object kept, in voxels (components and blobs methods).
 
     Returns
     -------
@@ -280,7 +284,7 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     elif method == "components":
         result = _detect_components(prob, threshold, max_cells, min_voxels, voxel_size)
     else:
-        found = detect_by_distance(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size)
+        found = detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size)
         result = _empty(prob.shape) if found is None else Detections(
             labels=found[0], centroids=found[1], scores=found[2], voxel_counts=found[3])
     logger.debug("detect_cells(%s): %d detections", method, result.count)

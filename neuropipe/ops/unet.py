@@ -7,11 +7,15 @@ normalisation and hyperparameters and serialises to bytes for a database.
 
 from __future__ import annotations
 
+import copy
+import ctypes
+import functools
 import io
 import logging
 import math
+import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ._network import UNet2d, pad_to_multiple
-from ._validate import as_volume, check_positive, check_positive_int, check_same_shape
+from ._validate import as_volume, check_nonnegative, check_positive, check_positive_int, check_same_shape
 
 __all__ = ["UNet2d", "MembraneModel", "train_membrane", "predict_membrane"]
 
@@ -161,6 +165,58 @@ def _threads(num_threads):
         torch.set_num_threads(previous)
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def _resolve_precision(precision, device):
+    """Return 'bfloat16' or 'float32': what ``precision`` means on ``device``.
+
+    'auto' takes bfloat16 autocast where the hardware computes it natively
+    (CUDA GPUs with bf16 support; CPUs with AVX512-BF16 or AMX, via oneDNN),
+    where it roughly doubles the throughput of the convolutions, and float32
+    elsewhere, where emulated bfloat16 would be slower than float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bfloat16" if native else "float32"
+
+
+def _autocast(device, precision):
+    """Mixed-precision context for the network's forward pass (weights and loss stay float32)."""
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@functools.cache
+def _keep_freed_memory():
+    """Stop glibc returning freed tensor memory to the kernel after every step.
+
+    Each training step allocates and frees the same large activation buffers;
+    with glibc's defaults they are mmap'd and unmapped every time, and the page
+    faults made about a fifth of the CPU time system time here.  Raising the
+    mmap and trim thresholds keeps them in the heap for reuse (measured 1.25x
+    steps per second on a 2-core CPU).  Process-wide; a no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    kept = any(libc.mallopt(m_mmap_threshold, size) for size in (1 << 30, 32 << 20))
+    return kept and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def _training_data(images, labels):
     """Validate the training stack; return (normalised float32 images, bool labels, mean, std)."""
     images = as_volume(images, "images", allow_bool=False)
@@ -215,7 +271,8 @@ def _stopping(iterations, minutes):
 
 def train_membrane(images, labels, *, iterations=None, minutes=None, device=None, seed=0, progress=True,
                    width=16, depth=3, crop=128, batch_size=8, learning_rate=1e-3, norm="batch",
-                   upsample="bilinear", num_threads=None, schedule="constant", validation=0, balance=1.0):
+                   upsample="bilinear", num_threads=None, schedule="constant", validation=0, balance=1.0,
+                   precision="auto", warp=0.0, average=0.0):
     """Train a 2-D U-Net to predict membrane probability.
 
     Each iteration draws ``batch_size`` random square crops (side
@@ -272,6 +329,22 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
         the network is scored on them about every 10 % of the budget and the
         weights with the lowest pixel error are kept. Default 0 (keep the
         last weights).
+    precision : {'auto', 'float32', 'bfloat16'}, optional
+        Arithmetic of the forward pass. 'bfloat16' runs it under autocast
+        (weights, optimiser and loss stay float32); 'auto' (default) takes
+        bfloat16 where the device computes it natively (CUDA GPUs with
+        bf16, CPUs with AVX512-BF16 or AMX) and float32 elsewhere.
+    warp : float, optional
+        Strength of random geometric augmentation on top of the dihedral
+        transforms, >= 0: each crop is rotated by a random angle, scaled by
+        up to ``10 * warp`` % and elastically deformed by a smooth random
+        field (displacements of about ``8 * warp`` pixels), the same for
+        image and labels, as in the U-Net paper. Default 0 (off).
+    average : float, optional
+        Decay in [0, 1) of an exponential moving average of the weights,
+        which is what is validated and returned (smoother than the last
+        step's weights); 0 (default) keeps the raw weights. 0.99 to 0.999
+        are typical.
 
     Returns
     -------
@@ -303,16 +376,23 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     batch_size = check_positive_int("batch_size", batch_size)
     learning_rate = check_positive("learning_rate", learning_rate)
     device = _resolve_device(device)
+    precision = _resolve_precision(precision, device)
+    _keep_freed_memory()
     frac = float(np.count_nonzero(labels)) / labels.size
     balance = float(balance)
     if not 0.0 <= balance <= 1.0:
         raise ValueError(f"balance must be in [0, 1]; got {balance!r}")
     w_pos, w_neg = (0.5 / frac) ** balance, (0.5 / (1.0 - frac)) ** balance
+    warp = check_nonnegative("warp", warp)
+    average = float(average)
+    if not 0.0 <= average < 1.0:
+        raise ValueError(f"average must be in [0, 1); got {average!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = UNet2d(width=width, depth=depth, norm=norm, upsample=upsample)
     net = net.to(device=device, memory_format=torch.channels_last).train()
     optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    kept = copy.deepcopy(net) if average else net  # the network validated and returned
     rng = np.random.default_rng(seed)
     log_every = max(1, iterations // 10) if iterations is not None else None
     history, checkpoints = [], []
@@ -325,15 +405,20 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
                 for group in optimiser.param_groups:
                     group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
             if held_images is not None and done >= 0.1 * (len(checkpoints) + 1):
-                best = _checkpoint(net, held_images, held_labels, device, depth, best, checkpoints)
+                best = _checkpoint(kept, held_images, held_labels, device, precision, best, checkpoints)
             xb, yb = _sample_batch(rng, data, labels, batch_size, side)
-            xb = xb.to(device).contiguous(memory_format=torch.channels_last)
-            yb = yb.to(device)
-            logits = net(pad_to_multiple(xb, 2**depth))[..., :side, :side]
+            xb, yb = xb.to(device), yb.to(device)
+            if warp:
+                xb, yb = _warp_batch(xb, yb, rng, warp)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, precision):
+                logits = net(pad_to_multiple(xb, 2**depth))[..., :side, :side].float()
             loss = F.binary_cross_entropy_with_logits(logits, yb, weight=yb * (w_pos - w_neg) + w_neg)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if average:
+                _update_average(kept, net, average)
             history.append(float(loss.detach()))
             now = time.perf_counter()
             due = len(history) % log_every == 0 if log_every else now - last_log >= _LOG_SECONDS
@@ -342,15 +427,40 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
                 logger.info("train_membrane: iteration %d loss %.4f elapsed %.1f s",
                             len(history), history[-1], now - start)
     if held_images is not None:
-        best = _checkpoint(net, held_images, held_labels, device, depth, best, checkpoints)
-        net.load_state_dict(best[1])
+        best = _checkpoint(kept, held_images, held_labels, device, precision, best, checkpoints)
+        kept.load_state_dict(best[1])
         logger.info("train_membrane: kept the checkpoint with validation pixel error %.4f", best[0])
     hp = {"width": int(width), "depth": int(depth), "norm": str(norm), "upsample": str(upsample),
           "mean": mean, "std": std, "crop": int(side), "batch_size": batch_size,
-          "learning_rate": learning_rate, "seed": int(seed), "membrane_fraction": frac,
+          "learning_rate": learning_rate, "seed": int(seed), "membrane_fraction": frac, "precision": precision,
           "device": str(device), "seconds": float(time.perf_counter() - start), "schedule": schedule,
-          "validation_errors": [float(error) for error in checkpoints]}
-    return MembraneModel(network=net.eval(), hyperparameters=hp, history=history)
+          "validation_errors": [float(error) for error in checkpoints], "warp": warp, "average": average}
+    return MembraneModel(network=kept.eval(), hyperparameters=hp, history=history)
+
+
+def _warp_batch(images, labels, rng, strength):
+    """Rotate, scale and elastically deform each crop of a batch (one field for image and label)."""
+    batch, _, height, width = images.shape
+    angle = rng.uniform(-math.pi, math.pi, batch)
+    zoom = 1.0 + rng.uniform(-0.1, 0.1, batch) * strength
+    cos, sin, zero = np.cos(angle) / zoom, np.sin(angle) / zoom, np.zeros(batch)
+    theta = torch.from_numpy(np.stack([np.stack([cos, -sin, zero], 1), np.stack([sin, cos, zero], 1)], 1))
+    grid = F.affine_grid(theta.float().to(images.device), [batch, 1, height, width], align_corners=False)
+    pixels = 2.0 / max(height, width)  # one pixel in grid units
+    coarse = rng.normal(0.0, 8.0 * strength * pixels, (batch, 2, 4, 4)).astype(np.float32)
+    field = F.interpolate(torch.from_numpy(coarse).to(images.device), size=(height, width), mode="bicubic",
+                          align_corners=True)
+    grid = grid + field.permute(0, 2, 3, 1)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return warped, F.grid_sample(labels, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+
+
+@torch.no_grad()
+def _update_average(average, net, decay):
+    """Move the averaged network's weights towards ``net``'s; copy its normalisation statistics."""
+    torch._foreach_lerp_(list(average.parameters()), list(net.parameters()), 1.0 - decay)
+    for kept, current in zip(average.buffers(), net.buffers()):
+        kept.copy_(current)
 
 
 def _hold_out(data, labels, validation):
@@ -365,12 +475,12 @@ def _hold_out(data, labels, validation):
     return data[keep], labels[keep], data[held], labels[held]
 
 
-def _checkpoint(net, images, labels, device, depth, best, errors):
+def _checkpoint(net, images, labels, device, precision, best, errors):
     """Score the network on held-out slices; return the better of it and ``best`` (error, weights)."""
     net.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, precision):
         x = torch.from_numpy(images[:, None]).to(device)
-        logits = net(pad_to_multiple(x, 2**depth).contiguous(memory_format=torch.channels_last))
+        logits = net(pad_to_multiple(x, 2**net.depth).contiguous(memory_format=torch.channels_last))
         predicted = (logits[:, 0, :images.shape[1], :images.shape[2]] > 0).cpu().numpy()
     net.train()
     error = float(np.mean(predicted != labels))
@@ -398,7 +508,8 @@ def _tile_starts(size, tile, step):
     return starts
 
 
-def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4, augment=False):
+def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4, augment=False,
+                     precision="auto", warp=0.0, average=0.0):
     """Predict the membrane probability of every voxel, slice by slice.
 
     Each Z slice is cut into ``tile`` x ``tile`` tiles (clipped to the
@@ -424,6 +535,9 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
     augment : bool, optional
         Test-time augmentation: average the predictions of the 8 flips and
         rotations of each slice (8 times the work). Default False.
+    precision : {'auto', 'float32', 'bfloat16'}, optional
+        Arithmetic of the network, as in :func:`train_membrane`; 'auto'
+        (default) takes bfloat16 where the device computes it natively.
 
     Returns
     -------
@@ -444,13 +558,15 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
     if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < tile:
         raise ValueError(f"overlap must be an integer in [0, tile={tile}); got {overlap!r}")
     device = _resolve_device(device)
+    precision = _resolve_precision(precision, device)
     net = model.network.to(device=device, memory_format=torch.channels_last).eval()
+    tiling = dict(device=device, tile=tile, overlap=overlap, batch_size=batch_size, precision=precision)
     if not augment:
-        return _predict_tiles(net, model, volume, device, tile, overlap, batch_size)
+        return _predict_tiles(net, model, volume, **tiling)
     total = np.zeros(volume.shape, np.float32)
     for k in range(8):
         turned = np.ascontiguousarray(_dihedral_stack(volume, k))
-        total += _dihedral_stack(_predict_tiles(net, model, turned, device, tile, overlap, batch_size), k, inverse=True)
+        total += _dihedral_stack(_predict_tiles(net, model, turned, **tiling), k, inverse=True)
     return total / 8
 
 
@@ -463,7 +579,7 @@ def _dihedral_stack(stack, k, inverse=False):
     return stack[:, :, ::-1] if k >= 4 else stack
 
 
-def _predict_tiles(net, model, volume, device, tile, overlap, batch_size):
+def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, precision):
     """Blend the network's predictions over overlapping tiles of every slice."""
     nz, ny, nx = volume.shape
     th, tw = min(tile, ny), min(tile, nx)
@@ -473,7 +589,7 @@ def _predict_tiles(net, model, volume, device, tile, overlap, batch_size):
             for x in _tile_starts(nx, tw, max(1, tw - overlap))]
     total = np.zeros(volume.shape, np.float32)
     norm = np.zeros(volume.shape, np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, precision):
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i:i + batch_size]
             xb = np.stack([volume[z, y:y + th, x:x + tw] for z, y, x in chunk]).astype(np.float32)

@@ -142,7 +142,7 @@ def test_components_method_keeps_the_largest_in_label_order():
     "prob, kwargs, message",
     [
         (np.zeros((4, 4, 4)), {"method": "magic"},
-         r"method must be one of \('spheres', 'components', 'distance'\); got 'magic'"),
+         r"method must be one of \('spheres', 'components', 'blobs'\); got 'magic'"),
         (np.full((4, 4, 4), np.nan), {}, "64 NaN value"),
         (np.full((4, 4, 4), 1.5), {}, r"prob must lie in \[0, 1\]; got values in \[1.5, 1.5\]"),
         (np.zeros((4, 4)), {}, "ndim=2"),
@@ -174,29 +174,65 @@ def _balls(shape, centres, radius, spacing=(1.0, 1.0, 1.0)):
     return volume
 
 
-def test_distance_method_separates_touching_cells():
-    centres = [(12, 12, 10), (12, 12, 21)]  # radius 6: the balls overlap by one voxel
-    found = detect_cells(_balls((24, 24, 32), centres, 6), method="distance", threshold=0.5, sphere_size=12)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blobs_recover_randomly_planted_balls_of_mixed_sizes(seed):
+    rng = np.random.default_rng(seed)
+    shape, centres, radii = (36, 48, 48), [], []
+    while len(centres) < 6:  # separated balls of radius 3.5 to 8, anywhere (some cut by the border)
+        centre, radius = rng.integers(0, shape), rng.uniform(3.5, 8.0)
+        if all(np.linalg.norm(centre - c) > radius + r + 2 for c, r in zip(centres, radii)):
+            centres.append(centre)
+            radii.append(radius)
+    balls = [_balls(shape, [c], r) for c, r in zip(centres, radii)]
+    visible = [np.mean(np.nonzero(ball), axis=1) for ball in balls]  # where an annotator marks a cut ball
+    found = detect_cells(np.maximum.reduce(balls), method="blobs", threshold=0.5, sphere_size=10)
+    assert found.count == len(centres)
+    distance = np.linalg.norm(found.centroids[:, None] - np.asarray(visible)[None], axis=2)
+    assert sorted(distance.argmin(axis=1)) == list(range(len(centres)))  # one detection per ball
+    assert np.all(distance.min(axis=1) <= 1.5)
+    assert found.voxel_counts.sum() == np.count_nonzero(np.maximum.reduce(balls))
+
+
+def test_blobs_separate_touching_cells_of_different_sizes():
+    centres = [(14, 14, 9), (14, 14, 20)]  # radii 8 and 4: the balls overlap by one voxel
+    prob = np.maximum(_balls((28, 28, 28), centres[:1], 8), _balls((28, 28, 28), centres[1:], 4))
+    found = detect_cells(prob, method="blobs", threshold=0.5, sphere_size=12)
     assert found.count == 2
-    order = np.argsort(found.centroids[:, 2])
-    np.testing.assert_allclose(found.centroids[order], centres, atol=1.0)
-    assert found.labels.max() == 2 and found.voxel_counts.sum() == np.count_nonzero(found.labels)
+    np.testing.assert_allclose(found.centroids[np.argsort(found.centroids[:, 2])], centres, atol=1.0)
+    assert sorted(found.voxel_counts) == pytest.approx([4 / 3 * np.pi * 4**3, 4 / 3 * np.pi * 8**3], rel=0.25)
 
 
-def test_distance_method_keeps_a_cell_cut_by_the_border():
-    found = detect_cells(_balls((20, 20, 20), [(10, 10, 1)], 6), method="distance", threshold=0.5, sphere_size=12)
+def test_blobs_keep_a_cell_cut_by_the_border():
+    found = detect_cells(_balls((20, 20, 20), [(10, 10, 1)], 6), method="blobs", threshold=0.5, sphere_size=12)
     assert found.count == 1 and found.centroids[0, 2] < 4
 
 
-def test_distance_method_on_anisotropic_voxels():
+def test_blobs_find_a_dim_cell_beside_a_bright_one():
+    prob = _balls((20, 20, 40), [(10, 10, 10)], 5) + 0.35 * _balls((20, 20, 40), [(10, 10, 28)], 5)
+    found = detect_cells(prob, method="blobs", threshold=0.2, sphere_size=10)
+    np.testing.assert_allclose(found.centroids[np.argsort(found.centroids[:, 2])], [(10, 10, 10), (10, 10, 28)],
+                               atol=0.5)
+    assert found.scores.min() == pytest.approx(0.35)
+
+
+def test_blobs_on_anisotropic_voxels():
     spacing = (3.0, 1.0, 1.0)
     centres = [(4, 10, 10), (4, 10, 23)]
     prob = _balls((9, 20, 34), centres, 6, spacing)
-    found = detect_cells(prob, method="distance", threshold=0.5, sphere_size=12, voxel_size=spacing)
+    found = detect_cells(prob, method="blobs", threshold=0.5, sphere_size=12, voxel_size=spacing)
     assert found.count == 2
     np.testing.assert_allclose(found.centroids[np.argsort(found.centroids[:, 2])], centres, atol=1.0)
 
 
-def test_distance_method_finds_nothing_in_an_empty_volume():
-    found = detect_cells(np.zeros((8, 8, 8)), method="distance", sphere_size=6)
+def test_blobs_find_nothing_in_an_empty_volume():
+    found = detect_cells(np.zeros((8, 8, 8)), method="blobs", sphere_size=6)
     assert found.count == 0 and found.labels.shape == (8, 8, 8)
+    found = detect_cells(np.full((8, 8, 8), 0.9), method="blobs", sphere_size=6, min_voxels=1000)
+    assert found.count == 0
+
+
+def test_blobs_respect_max_cells_keeping_the_strongest():
+    prob = _balls((20, 20, 60), [(10, 10, 10)], 6) + 0.5 * _balls((20, 20, 60), [(10, 10, 30), (10, 10, 50)], 6)
+    found = detect_cells(prob, method="blobs", threshold=0.2, sphere_size=12, max_cells=1)
+    assert found.count == 1
+    np.testing.assert_allclose(found.centroids[0], (10, 10, 10), atol=0.5)
