@@ -70,7 +70,7 @@ def main() -> None:
         swept = time.perf_counter() - start
         regimes, params = max(scored, key=lambda item: np.mean(list(item[0].values())))
         start = time.perf_counter()
-        found = ops.detect_cells(cube_map, **params)
+        found = ops.detect_cells(cube_map, **{**params, "max_cells": 5000})
         seconds = time.perf_counter() - start
         cube_f1 = ops.match_centroids(found.centroids, cube.centroids, radius=5).f1
         print(f"{method:<8} best mean F1 {np.mean(list(regimes.values())):.3f} ("

@@ -38,6 +38,8 @@ class TrainingParams(ParamSet, dj.Lookup):
         "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
         "warp": (lambda value: isinstance(value, (int, float)) and value >= 0, "a non-negative number"),
         "average": (lambda value: isinstance(value, (int, float)) and 0 <= value < 1, "a number in [0, 1)"),
+        "context": (lambda value: isinstance(value, int) and value >= 0, "a non-negative number of slices"),
+        "normalise": (lambda value: value in ("stack", "slice"), "'stack' or 'slice'"),
     }
     definition = """
     training_id : char(16)                # content hash of params

@@ -59,6 +59,8 @@ class UNet2d(nn.Module):
     upsample : {'bilinear', 'transpose'}, optional
         Bilinear interpolation followed by a 1x1 convolution, or a 2x2
         transposed convolution. Default 'bilinear'.
+    in_channels : int, optional
+        Input channels, e.g. a slice and its neighbours. Default 1.
 
     Raises
     ------
@@ -72,7 +74,7 @@ class UNet2d(nn.Module):
     torch.Size([1, 1, 16, 16])
     """
 
-    def __init__(self, *, width=16, depth=3, norm="batch", upsample="bilinear"):
+    def __init__(self, *, width=16, depth=3, norm="batch", upsample="bilinear", in_channels=1):
         super().__init__()
         width = check_positive_int("width", width)
         depth = check_positive_int("depth", depth)
@@ -83,7 +85,8 @@ class UNet2d(nn.Module):
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(
-            _DoubleConv(cin, cout, norm) for cin, cout in zip([1] + chans[:-2], chans[:-1])
+            _DoubleConv(cin, cout, norm) for cin, cout in zip([check_positive_int("in_channels", in_channels)]
+                                                              + chans[:-2], chans[:-1])
         )
         self.bottom = _DoubleConv(chans[-2], chans[-1], norm)
         levels = list(reversed(range(depth)))
@@ -92,7 +95,7 @@ class UNet2d(nn.Module):
         self.head = nn.Conv2d(chans[0], 1, 1)
 
     def forward(self, x):
-        """Return logits of shape (B, 1, Y, X) for an input of shape (B, 1, Y, X)."""
+        """Return logits of shape (B, 1, Y, X) for an input of shape (B, in_channels, Y, X)."""
         skips = []
         for block in self.down:
             x = block(x)

@@ -23,7 +23,14 @@ import torch
 from torch.nn import functional as F
 
 from ._network import UNet2d, pad_to_multiple
-from ._validate import as_volume, check_nonnegative, check_positive, check_positive_int, check_same_shape
+from ._validate import (
+    as_volume,
+    check_nonnegative,
+    check_nonnegative_int,
+    check_positive,
+    check_positive_int,
+    check_same_shape,
+)
 
 __all__ = ["UNet2d", "MembraneModel", "train_membrane", "predict_membrane"]
 
@@ -137,7 +144,8 @@ class MembraneModel:
                 f"expected {_FORMAT_VERSION}"
             )
         hp = payload["hyperparameters"]
-        net = UNet2d(width=hp["width"], depth=hp["depth"], norm=hp["norm"], upsample=hp["upsample"])
+        net = UNet2d(width=hp["width"], depth=hp["depth"], norm=hp["norm"], upsample=hp["upsample"],
+                     in_channels=2 * hp.get("context", 0) + 1)
         net.load_state_dict(payload["state_dict"])
         net.eval()
         return cls(network=net, hyperparameters=dict(hp), history=list(payload["history"]))
@@ -239,25 +247,51 @@ def _training_data(images, labels):
     std = float(images.std(dtype=np.float64))
     if std == 0.0:
         raise ValueError(f"images are constant (every voxel is {mean}); cannot normalise them")
-    return ((images - mean) / std).astype(np.float32), labels, mean, std
+    return images, labels, mean, std
+
+
+def _normalise(images, mean, std, per_slice):
+    """Zero mean, unit variance: with the stack's ``mean``/``std``, or each slice with its own.
+
+    Serial sections differ in staining and thickness, so their brightness and contrast
+    drift (ISBI 2012: slice standard deviations from 34 to 51 grey levels); per-slice
+    normalisation takes that drift out before the network sees it.
+    """
+    images = np.asarray(images, np.float32)
+    if not per_slice:
+        return (images - np.float32(mean)) / np.float32(std)
+    means = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    stds = images.std(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    return (images - means) / np.where(stds > 0, stds, np.float32(std))
 
 
 def _dihedral(array, k):
-    """Apply dihedral transform ``k`` (0..7: 4 rotations, optionally mirrored) to a 2-D array."""
-    out = np.rot90(array, k % 4)
-    return out[:, ::-1] if k >= 4 else out
+    """Apply dihedral transform ``k`` (0..7: 4 rotations, optionally mirrored) to the last two axes."""
+    out = np.rot90(array, k % 4, axes=(-2, -1))
+    return out[..., ::-1] if k >= 4 else out
 
 
-def _sample_batch(rng, images, labels, batch_size, side):
-    """Random square crops from random slices, each under a random dihedral transform."""
-    nz, ny, nx = images.shape
-    xb = np.empty((batch_size, 1, side, side), np.float32)
+def _context(z, depth, context):
+    """Indices of slice ``z`` and its ``context`` neighbours on each side, mirrored at the stack ends."""
+    indices = np.abs(np.arange(z - context, z + context + 1))
+    indices = np.where(indices > depth - 1, 2 * (depth - 1) - indices, indices)
+    return np.clip(indices, 0, depth - 1)
+
+
+def _sample_batch(rng, images, labels, slices, batch_size, side, context):
+    """Random square crops from random training ``slices``, each under a random dihedral transform.
+
+    The input of a crop is its slice and ``context`` neighbouring slices on each side, as channels.
+    """
+    _, ny, nx = images.shape
+    xb = np.empty((batch_size, 2 * context + 1, side, side), np.float32)
     yb = np.empty((batch_size, 1, side, side), np.float32)
     for b in range(batch_size):
-        z, y, x, k = (int(rng.integers(n)) for n in (nz, ny - side + 1, nx - side + 1, 8))
-        window = (z, slice(y, y + side), slice(x, x + side))
-        xb[b, 0] = _dihedral(images[window], k)
-        yb[b, 0] = _dihedral(labels[window], k)
+        z = int(slices[rng.integers(len(slices))])
+        y, x, k = (int(rng.integers(n)) for n in (ny - side + 1, nx - side + 1, 8))
+        rows, columns = slice(y, y + side), slice(x, x + side)
+        xb[b] = _dihedral(images[_context(z, len(images), context), rows, columns], k)
+        yb[b, 0] = _dihedral(labels[z, rows, columns], k)
     return torch.from_numpy(xb), torch.from_numpy(yb)
 
 
@@ -272,7 +306,7 @@ def _stopping(iterations, minutes):
 def train_membrane(images, labels, *, iterations=None, minutes=None, device=None, seed=0, progress=True,
                    width=16, depth=3, crop=128, batch_size=8, learning_rate=1e-3, norm="batch",
                    upsample="bilinear", num_threads=None, schedule="constant", validation=0, balance=1.0,
-                   precision="auto", warp=0.0, average=0.0):
+                   precision="auto", warp=0.0, average=0.0, context=0, normalise="stack"):
     """Train a 2-D U-Net to predict membrane probability.
 
     Each iteration draws ``batch_size`` random square crops (side
@@ -345,6 +379,16 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
         which is what is validated and returned (smoother than the last
         step's weights); 0 (default) keeps the raw weights. 0.99 to 0.999
         are typical.
+    context : int, optional
+        Neighbouring slices on each side given to the network with each
+        slice, as extra input channels (mirrored at the ends of the stack):
+        membranes continue across thin sections, so neighbours disambiguate
+        faint or oblique ones. Default 0 (each slice alone).
+    normalise : {'stack', 'slice'}, optional
+        Intensity normalisation to zero mean and unit variance: with the
+        training stack's statistics, applied to every later input too
+        ('stack', default), or each slice with its own ('slice': robust to
+        sections that differ in brightness and contrast).
 
     Returns
     -------
@@ -368,17 +412,21 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     2
     """
     data, labels, mean, std = _training_data(images, labels)
+    if normalise not in ("stack", "slice"):
+        raise ValueError(f"normalise must be 'stack' or 'slice'; got {normalise!r}")
+    data = _normalise(data, mean, std, normalise == "slice")
     max_steps, max_seconds = _stopping(iterations, minutes)
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
-    data, labels, held_images, held_labels = _hold_out(data, labels, validation)
+    train_z, held_z = _hold_out(data.shape[0], validation)
+    context = check_nonnegative_int("context", context)
     side = min(check_positive_int("crop", crop), *data.shape[1:])
     batch_size = check_positive_int("batch_size", batch_size)
     learning_rate = check_positive("learning_rate", learning_rate)
     device = _resolve_device(device)
     precision = _resolve_precision(precision, device)
     _keep_freed_memory()
-    frac = float(np.count_nonzero(labels)) / labels.size
+    frac = float(np.count_nonzero(labels[train_z])) / labels[train_z].size
     balance = float(balance)
     if not 0.0 <= balance <= 1.0:
         raise ValueError(f"balance must be in [0, 1]; got {balance!r}")
@@ -389,13 +437,14 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
         raise ValueError(f"average must be in [0, 1); got {average!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = UNet2d(width=width, depth=depth, norm=norm, upsample=upsample)
+        net = UNet2d(width=width, depth=depth, norm=norm, upsample=upsample, in_channels=2 * context + 1)
     net = net.to(device=device, memory_format=torch.channels_last).train()
     optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
     kept = copy.deepcopy(net) if average else net  # the network validated and returned
     rng = np.random.default_rng(seed)
     log_every = max(1, iterations // 10) if iterations is not None else None
     history, checkpoints = [], []
+    held_input = np.stack([data[_context(z, len(data), context)] for z in held_z]) if len(held_z) else None
     best = (math.inf, None)
     start = last_log = time.perf_counter()
     with _threads(num_threads):
@@ -404,9 +453,9 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
             if schedule == "cosine":
                 for group in optimiser.param_groups:
                     group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-            if held_images is not None and done >= 0.1 * (len(checkpoints) + 1):
-                best = _checkpoint(kept, held_images, held_labels, device, precision, best, checkpoints)
-            xb, yb = _sample_batch(rng, data, labels, batch_size, side)
+            if len(held_z) and done >= 0.1 * (len(checkpoints) + 1):
+                best = _checkpoint(kept, held_input, labels[held_z], device, precision, best, checkpoints)
+            xb, yb = _sample_batch(rng, data, labels, train_z, batch_size, side, context)
             xb, yb = xb.to(device), yb.to(device)
             if warp:
                 xb, yb = _warp_batch(xb, yb, rng, warp)
@@ -426,15 +475,15 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
                 last_log = now
                 logger.info("train_membrane: iteration %d loss %.4f elapsed %.1f s",
                             len(history), history[-1], now - start)
-    if held_images is not None:
-        best = _checkpoint(kept, held_images, held_labels, device, precision, best, checkpoints)
+    if len(held_z):
+        best = _checkpoint(kept, held_input, labels[held_z], device, precision, best, checkpoints)
         kept.load_state_dict(best[1])
         logger.info("train_membrane: kept the checkpoint with validation pixel error %.4f", best[0])
     hp = {"width": int(width), "depth": int(depth), "norm": str(norm), "upsample": str(upsample),
           "mean": mean, "std": std, "crop": int(side), "batch_size": batch_size,
           "learning_rate": learning_rate, "seed": int(seed), "membrane_fraction": frac, "precision": precision,
           "device": str(device), "seconds": float(time.perf_counter() - start), "schedule": schedule,
-          "validation_errors": [float(error) for error in checkpoints], "warp": warp, "average": average}
+          "validation_errors": [float(error) for error in checkpoints], "warp": warp, "average": average, "context": context, "normalise": normalise}
     return MembraneModel(network=kept.eval(), hyperparameters=hp, history=history)
 
 
@@ -463,25 +512,24 @@ def _update_average(average, net, decay):
         kept.copy_(current)
 
 
-def _hold_out(data, labels, validation):
-    """Split ``validation`` evenly spaced slices off the training stack (none when 0)."""
+def _hold_out(depth, validation):
+    """Split the slice indices into training and ``validation`` evenly spaced held-out ones."""
     if validation in (0, None):
-        return data, labels, None, None
+        return np.arange(depth), np.arange(0)
     count = check_positive_int("validation", validation)
-    if count >= data.shape[0]:
-        raise ValueError(f"validation={count} leaves no slice to train on (the stack has {data.shape[0]})")
-    held = np.unique(np.linspace(data.shape[0] - 1, 0, count, endpoint=False).round().astype(int))
-    keep = np.setdiff1d(np.arange(data.shape[0]), held)
-    return data[keep], labels[keep], data[held], labels[held]
+    if count >= depth:
+        raise ValueError(f"validation={count} leaves no slice to train on (the stack has {depth})")
+    held = np.unique(np.linspace(depth - 1, 0, count, endpoint=False).round().astype(int))
+    return np.setdiff1d(np.arange(depth), held), held
 
 
 def _checkpoint(net, images, labels, device, precision, best, errors):
     """Score the network on held-out slices; return the better of it and ``best`` (error, weights)."""
     net.eval()
     with torch.inference_mode(), _autocast(device, precision):
-        x = torch.from_numpy(images[:, None]).to(device)
+        x = torch.from_numpy(images).to(device)
         logits = net(pad_to_multiple(x, 2**net.depth).contiguous(memory_format=torch.channels_last))
-        predicted = (logits[:, 0, :images.shape[1], :images.shape[2]] > 0).cpu().numpy()
+        predicted = (logits[:, 0, :images.shape[2], :images.shape[3]] > 0).cpu().numpy()
     net.train()
     error = float(np.mean(predicted != labels))
     errors.append(error)
@@ -509,7 +557,7 @@ def _tile_starts(size, tile, step):
 
 
 def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4, augment=False,
-                     precision="auto", warp=0.0, average=0.0):
+                     precision="auto", warp=0.0, average=0.0, context=0, normalise="stack"):
     """Predict the membrane probability of every voxel, slice by slice.
 
     Each Z slice is cut into ``tile`` x ``tile`` tiles (clipped to the
@@ -560,6 +608,7 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
     device = _resolve_device(device)
     precision = _resolve_precision(precision, device)
     net = model.network.to(device=device, memory_format=torch.channels_last).eval()
+    volume = _normalise(volume, model.mean, model.std, model.hyperparameters.get("normalise") == "slice")
     tiling = dict(device=device, tile=tile, overlap=overlap, batch_size=batch_size, precision=precision)
     if not augment:
         return _predict_tiles(net, model, volume, **tiling)
@@ -582,6 +631,7 @@ def _dihedral_stack(stack, k, inverse=False):
 def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, precision):
     """Blend the network's predictions over overlapping tiles of every slice."""
     nz, ny, nx = volume.shape
+    context = int(model.hyperparameters.get("context", 0))
     th, tw = min(tile, ny), min(tile, nx)
     weight = np.outer(_window_1d(th, overlap), _window_1d(tw, overlap))
     jobs = [(z, y, x) for z in range(nz)
@@ -592,8 +642,8 @@ def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, pre
     with torch.inference_mode(), _autocast(device, precision):
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i:i + batch_size]
-            xb = np.stack([volume[z, y:y + th, x:x + tw] for z, y, x in chunk]).astype(np.float32)
-            xt = torch.from_numpy((xb[:, None] - model.mean) / model.std).to(device)
+            xb = np.stack([volume[_context(z, nz, context), y:y + th, x:x + tw] for z, y, x in chunk])
+            xt = torch.from_numpy(xb).to(device)
             xt = pad_to_multiple(xt, 2**net.depth).contiguous(memory_format=torch.channels_last)
             prob = torch.sigmoid(net(xt)[:, 0, :th, :tw]).float().cpu().numpy()
             for (z, y, x), p in zip(chunk, prob):

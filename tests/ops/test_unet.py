@@ -127,11 +127,11 @@ def test_test_time_augmentation_is_exactly_rotation_equivariant(model, small):
 
 def test_validation_keeps_the_best_checkpoint(small):
     trained = train_membrane(small.image, small.membrane, iterations=40, crop=32, batch_size=4, width=8, depth=2,
-                             progress=False, validation=2, schedule="cosine")
+                             progress=False, validation=2, schedule="cosine", precision="float32")
     errors = trained.hyperparameters["validation_errors"]
     assert len(errors) >= 2
     held = np.unique(np.linspace(small.image.shape[0] - 1, 0, 2, endpoint=False).round().astype(int))
-    probability = predict_membrane(trained, small.image[held])
+    probability = predict_membrane(trained, small.image[held], precision="float32")
     assert pixel_scores(probability, small.membrane[held]).pixel_error == pytest.approx(min(errors), abs=2e-3)
 
 
@@ -141,3 +141,42 @@ def test_validation_keeps_the_best_checkpoint(small):
 def test_invalid_schedule_or_validation_is_refused(small, change, message):
     with pytest.raises(ValueError, match=message):
         train_membrane(small.image, small.membrane, iterations=1, progress=False, **change)
+
+
+@pytest.mark.parametrize("change, message", [({"precision": "half"}, "precision must be one of"),
+                                             ({"warp": -1}, "warp must be"),
+                                             ({"average": 1.0}, "average must be in"),
+                                             ({"context": -1}, "context must be"),
+                                             ({"normalise": "global"}, "normalise must be")])
+def test_invalid_precision_augmentation_or_context_is_refused(small, change, message):
+    with pytest.raises(ValueError, match=message):
+        train_membrane(small.image, small.membrane, iterations=1, progress=False, **change)
+
+
+def test_bfloat16_predictions_agree_with_float32(model, small):
+    exact = predict_membrane(model, small.image, precision="float32")
+    mixed = predict_membrane(model, small.image, precision="bfloat16")
+    assert np.abs(exact - mixed).max() < 0.05
+    assert np.mean((exact > 0.5) != (mixed > 0.5)) < 0.01
+
+
+def test_context_slices_feed_the_network_and_survive_storage(small):
+    trained = train_membrane(small.image, small.membrane, iterations=5, context=1, warp=0.5, average=0.9, **TINY)
+    assert trained.network.down[0][0].in_channels == 3 and trained.hyperparameters["context"] == 1
+    restored = MembraneModel.from_bytes(trained.to_bytes())
+    np.testing.assert_array_equal(predict_membrane(trained, small.image), predict_membrane(restored, small.image))
+    # the prediction of a slice changes when only its neighbour changes
+    changed = small.image.copy()
+    changed[2] = 255 - changed[2]
+    before, after = predict_membrane(trained, small.image), predict_membrane(trained, changed)
+    assert np.abs(before[1] - after[1]).max() > 1e-3 and np.array_equal(before[0], after[0])
+
+
+def test_per_slice_normalisation_ignores_brightness_and_contrast_of_each_section(small):
+    trained = train_membrane(small.image, small.membrane, iterations=5, normalise="slice", **TINY)
+    image = small.image.astype(np.float64)
+    drifted = image * np.array([0.7, 1.0, 1.3, 0.9])[:, None, None] + np.array([20, 0, -30, 5])[:, None, None]
+    np.testing.assert_allclose(predict_membrane(trained, drifted, precision="float32"),
+                               predict_membrane(trained, image, precision="float32"), atol=1e-4)
+    stacked = train_membrane(small.image, small.membrane, iterations=5, **TINY)
+    assert np.abs(predict_membrane(stacked, drifted) - predict_membrane(stacked, image)).max() > 0.01
