@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from neuropipe.ops import detect_cells
+from neuropipe.ops import detect_cells, gmm_probability
 
 
 def _ball(diameter, voxel_size=(1.0, 1.0, 1.0)):
@@ -236,3 +236,10 @@ def test_blobs_respect_max_cells_keeping_the_strongest():
     found = detect_cells(prob, method="blobs", threshold=0.2, sphere_size=12, max_cells=1)
     assert found.count == 1
     np.testing.assert_allclose(found.centroids[0], (10, 10, 10), atol=0.5)
+
+
+@pytest.mark.parametrize("method", ["spheres", "blobs"])
+def test_a_volume_without_cells_gives_no_detections_through_the_gmm(method):
+    noise = np.random.default_rng(0).normal(100, 10, (24, 48, 48)).clip(0, 255).astype(np.uint8)
+    probability = gmm_probability(noise)  # about 0.5 everywhere, with ripples
+    assert detect_cells(probability, method=method, threshold=0.5, sphere_size=10).count == 0
