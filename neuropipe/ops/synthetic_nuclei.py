@@ -172,7 +172,8 @@ def make_nuclei(shape=(48, 96, 96), *, seed=0, radius=(4.0, 7.0), packing=0.8, d
     sigma = _PSF_SIGMA * vs.min() / vs * np.array([2.0, 1.0, 1.0])
     image = ndimage.gaussian_filter(image, sigma) + rng.normal(0, _NOISE_SD, shape)
     image = np.clip(np.rint(200 * image + 20), 0, 255).astype(np.uint8)
-    centroids = np.asarray(ndimage.center_of_mass(np.ones(shape), nuclei, np.arange(1, len(visible) + 1)), float).reshape(-1, 3)
+    ids = np.arange(1, len(visible) + 1)
+    centroids = np.asarray(ndimage.center_of_mass(np.ones(shape), nuclei, ids), float).reshape(-1, 3)
     logger.debug("make_nuclei: %d nuclei in %s", len(visible), shape)
     return NucleiSample(image=image, nuclei=nuclei, centroids=centroids, radii=radii,
                         voxel_size=tuple(float(v) for v in vs))

@@ -272,7 +272,7 @@ def _dihedral(array, k):
 
 
 def _context(z, depth, context):
-    """Indices of slice ``z`` and its ``context`` neighbours on each side, mirrored at the stack ends."""
+    """Return the indices of slice ``z`` and its ``context`` neighbours on each side, mirrored at the ends."""
     indices = np.abs(np.arange(z - context, z + context + 1))
     indices = np.where(indices > depth - 1, 2 * (depth - 1) - indices, indices)
     return np.clip(indices, 0, depth - 1)
@@ -412,12 +412,9 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     2
     """
     data, labels, mean, std = _training_data(images, labels)
-    if normalise not in ("stack", "slice"):
-        raise ValueError(f"normalise must be 'stack' or 'slice'; got {normalise!r}")
+    balance, average = _check_choices(schedule, normalise, balance, average)
     data = _normalise(data, mean, std, normalise == "slice")
     max_steps, max_seconds = _stopping(iterations, minutes)
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
     train_z, held_z = _hold_out(data.shape[0], validation)
     context = check_nonnegative_int("context", context)
     side = min(check_positive_int("crop", crop), *data.shape[1:])
@@ -427,14 +424,8 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     precision = _resolve_precision(precision, device)
     _keep_freed_memory()
     frac = float(np.count_nonzero(labels[train_z])) / labels[train_z].size
-    balance = float(balance)
-    if not 0.0 <= balance <= 1.0:
-        raise ValueError(f"balance must be in [0, 1]; got {balance!r}")
     w_pos, w_neg = (0.5 / frac) ** balance, (0.5 / (1.0 - frac)) ** balance
     warp = check_nonnegative("warp", warp)
-    average = float(average)
-    if not 0.0 <= average < 1.0:
-        raise ValueError(f"average must be in [0, 1); got {average!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = UNet2d(width=width, depth=depth, norm=norm, upsample=upsample, in_channels=2 * context + 1)
@@ -483,7 +474,8 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
           "mean": mean, "std": std, "crop": int(side), "batch_size": batch_size,
           "learning_rate": learning_rate, "seed": int(seed), "membrane_fraction": frac, "precision": precision,
           "device": str(device), "seconds": float(time.perf_counter() - start), "schedule": schedule,
-          "validation_errors": [float(error) for error in checkpoints], "warp": warp, "average": average, "context": context, "normalise": normalise}
+          "validation_errors": [float(error) for error in checkpoints],
+          "warp": warp, "average": average, "context": context, "normalise": normalise}
     return MembraneModel(network=kept.eval(), hyperparameters=hp, history=history)
 
 
@@ -510,6 +502,20 @@ def _update_average(average, net, decay):
     torch._foreach_lerp_(list(average.parameters()), list(net.parameters()), 1.0 - decay)
     for kept, current in zip(average.buffers(), net.buffers()):
         kept.copy_(current)
+
+
+def _check_choices(schedule, normalise, balance, average):
+    """Refuse unknown ``schedule``/``normalise``, out-of-range ``balance``/``average``; return those two as floats."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
+    if normalise not in ("stack", "slice"):
+        raise ValueError(f"normalise must be 'stack' or 'slice'; got {normalise!r}")
+    balance, average = float(balance), float(average)
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance must be in [0, 1]; got {balance!r}")
+    if not 0.0 <= average < 1.0:
+        raise ValueError(f"average must be in [0, 1); got {average!r}")
+    return balance, average
 
 
 def _hold_out(depth, validation):
