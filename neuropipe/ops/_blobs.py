@@ -7,12 +7,12 @@ its own scale instead: the scale-normalised Laplacian of Gaussian ``-s**2 * LoG_
 ball of radius ``r`` peaks at its centre at ``s = r / sqrt(3)``, and two touching balls keep
 two peaks as long as their centres are more than about one radius apart.  So: take that
 response at a few scales spanning the expected sizes, keep its per-voxel maximum, and call
-every local maximum inside the thresholded probability a cell.  The probability is
+every clear local maximum inside the thresholded probability a cell.  The probability is
 mirrored at the volume border, so a cell cut by the border still peaks near its centre.
-Voxels of the mask are then assigned to cells by a watershed of their distance to the
-background (touching cells meet at the neck), and each cell is placed at the centroid of
-its voxels near its peak: the part of it in view, where an annotator marks a cell cut by
-the border.
+Each voxel of the mask then goes to the cell whose peak is nearest relative to the cell's
+scale (touching cells meet where their balls would, a large cell does not swallow a small
+one), and each cell is placed at the centroid of its voxels within that scale of its peak:
+the part of it in view, where an annotator marks a cell cut by the border.
 """
 
 from __future__ import annotations

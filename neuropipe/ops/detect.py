@@ -55,7 +55,7 @@ class Detections:
         ZYX voxel coordinates of each detection.
     scores : ndarray of shape (N,), float64
         Detection score (sphere method: mean thresholded probability in the
-        ball; components method: mean probability in the object).
+        ball; components and blobs methods: mean probability in the object).
     labels : ndarray of shape (Z, Y, X), uint32
         Voxels of detection ``i`` carry id ``i + 1``; 0 elsewhere.
     voxel_counts : ndarray of shape (N,), int64
@@ -215,12 +215,15 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     is computed for ball radii from 0.7 to 1.6 times ``sphere_size / 2``
     (the expected cell diameter; physical units with ``voxel_size``, the
     volume mirrored at its border) and its maximum over scales taken; every
-    local maximum inside ``P > threshold`` (0.7 to 0.85 suit a GMM map) at
-    least ``sphere_size / 4`` from a stronger one is a cell, centred there.
-    The mask's voxels go to the cells by a watershed of the response (the
+    local maximum inside ``P > threshold`` (0.5 to 0.85 suit a GMM map), at
+    least ``sphere_size / 4`` from a stronger one and with at least a tenth
+    of the response of a ball of probability 1, is a cell.  Each voxel of
+    ``P > threshold`` goes to the cell nearest relative to its scale (the
     labels); cells with fewer than ``min_voxels`` voxels are dropped, at
-    most ``max_cells`` of the strongest are kept, and the score is the mean
-    ``P`` of the cell's voxels.  Touching cells of different sizes separate.
+    most ``max_cells`` of the strongest are kept, the centroid is that of
+    the cell's voxels within its scale of its peak (for a cell cut by the
+    border, the centre of the part in view) and the score is the mean ``P``
+    of its voxels.  Touching cells of different sizes separate.
 
     Parameters
     ----------
