@@ -402,6 +402,13 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
         images, missing or non-positive stopping criteria, or invalid
         hyperparameters.
 
+    Notes
+    -----
+    On Linux with glibc, the first call raises the allocator's mmap and trim
+    thresholds for the whole process (see ``_keep_freed_memory``), so the
+    activation buffers of every step are reused instead of being returned to
+    the kernel and faulted in again.
+
     Examples
     --------
     >>> lab = np.random.default_rng(0).random((1, 16, 16)) > 0.7
