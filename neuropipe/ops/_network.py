@@ -78,6 +78,7 @@ class UNet2d(nn.Module):
         super().__init__()
         width = check_positive_int("width", width)
         depth = check_positive_int("depth", depth)
+        in_channels = check_positive_int("in_channels", in_channels)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
         if upsample not in UPSAMPLES:
@@ -85,8 +86,7 @@ class UNet2d(nn.Module):
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(
-            _DoubleConv(cin, cout, norm) for cin, cout in zip([check_positive_int("in_channels", in_channels)]
-                                                              + chans[:-2], chans[:-1])
+            _DoubleConv(cin, cout, norm) for cin, cout in zip([in_channels] + chans[:-2], chans[:-1])
         )
         self.bottom = _DoubleConv(chans[-2], chans[-1], norm)
         levels = list(reversed(range(depth)))
