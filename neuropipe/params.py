@@ -80,6 +80,16 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+def non_negative(value) -> bool:
+    """Return True for a number >= 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def non_negative_int(value) -> bool:
+    """Return True for an integer >= 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def fraction(value) -> bool:
     """Return True for a number in [0, 1]."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1

@@ -10,19 +10,12 @@ import numpy as np
 
 from neuropipe import ops
 from neuropipe.database import import_datajoint
-from neuropipe.params import ParamSet, fraction, positive
+from neuropipe.params import ParamSet, fraction, non_negative_int, positive
 from schemas.membrane import MembraneMap
 from schemas.volume import Dataset
 
 dj = import_datajoint()
 schema = dj.Schema()
-
-DETECTION_METHODS = ("spheres", "components", "blobs")
-
-
-def _non_negative_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
 
 @schema
 class DetectionParams(ParamSet, dj.Lookup):
@@ -35,10 +28,10 @@ class DetectionParams(ParamSet, dj.Lookup):
         "threshold": (fraction, "a probability in [0, 1]"),
         "stop": (fraction, "a probability in [0, 1]"),
         "sphere_size": (positive, "a positive diameter in voxels"),
-        "dilation": (_non_negative_int, "a non-negative integer number of voxels"),
+        "dilation": (non_negative_int, "a non-negative integer number of voxels"),
         "max_cells": (positive, "a positive integer"),
-        "min_voxels": (_non_negative_int, "a non-negative integer"),
-        "method": (lambda value: value in DETECTION_METHODS, f"one of {', '.join(DETECTION_METHODS)}"),
+        "min_voxels": (non_negative_int, "a non-negative integer"),
+        "method": (lambda value: value in ops.DETECTION_METHODS, "one of " + ", ".join(ops.DETECTION_METHODS)),
     }
     definition = """
     detection_id : char(16)               # content hash of params

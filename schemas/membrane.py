@@ -10,7 +10,7 @@ import numpy as np
 
 from neuropipe import ops
 from neuropipe.database import import_datajoint
-from neuropipe.params import ParamSet, fraction, positive
+from neuropipe.params import ParamSet, fraction, non_negative, non_negative_int, positive
 from schemas.volume import Annotation, AnnotationVolume, Volume
 
 dj = import_datajoint()
@@ -33,13 +33,13 @@ class TrainingParams(ParamSet, dj.Lookup):
         "batch_size": (positive, "a positive integer"),
         "learning_rate": (positive, "a positive number"),
         "balance": (fraction, "a number in [0, 1]"),
-        "validation": (lambda value: isinstance(value, int) and value >= 0, "a non-negative number of slices"),
-        "schedule": (lambda value: value in ("constant", "cosine"), "'constant' or 'cosine'"),
+        "validation": (non_negative_int, "a non-negative number of slices"),
+        "schedule": (lambda value: value in ops.SCHEDULES, "one of " + ", ".join(ops.SCHEDULES)),
         "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
-        "warp": (lambda value: isinstance(value, (int, float)) and value >= 0, "a non-negative number"),
+        "warp": (non_negative, "a non-negative number"),
         "average": (lambda value: isinstance(value, (int, float)) and 0 <= value < 1, "a number in [0, 1)"),
-        "context": (lambda value: isinstance(value, int) and value >= 0, "a non-negative number of slices"),
-        "normalise": (lambda value: value in ("stack", "slice"), "'stack' or 'slice'"),
+        "context": (non_negative_int, "a non-negative number of slices"),
+        "normalise": (lambda value: value in ops.NORMALISATIONS, "one of " + ", ".join(ops.NORMALISATIONS)),
     }
     definition = """
     training_id : char(16)                # content hash of params
@@ -58,7 +58,7 @@ class InferenceParams(ParamSet, dj.Lookup):
     not_params = ("device",)
     rules = {
         "tile": (positive, "a positive tile size in pixels"),
-        "overlap": (lambda value: isinstance(value, int) and value >= 0, "a non-negative integer"),
+        "overlap": (non_negative_int, "a non-negative integer"),
         "batch_size": (positive, "a positive integer"),
         "augment": (lambda value: isinstance(value, bool), "true or false"),
         "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),

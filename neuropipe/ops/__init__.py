@@ -8,7 +8,7 @@ here.
 from __future__ import annotations
 
 from .components import Components, label_components
-from .detect import Detections, detect_cells
+from .detect import DETECTION_METHODS, Detections, detect_cells
 from .gmm import gmm_probability
 from .metrics import (
     MatchResult,
@@ -21,10 +21,13 @@ from .metrics import (
 )
 from .synthetic import SyntheticSample, make_sample
 from .synthetic_nuclei import NucleiSample, make_nuclei
-from .unet import PRECISIONS, MembraneModel, UNet2d, predict_membrane, train_membrane
+from .unet import NORMALISATIONS, PRECISIONS, SCHEDULES, MembraneModel, UNet2d, predict_membrane, train_membrane
 
 __all__ = [
+    "DETECTION_METHODS",
+    "NORMALISATIONS",
     "PRECISIONS",
+    "SCHEDULES",
     "Components",
     "Detections",
     "MatchResult",

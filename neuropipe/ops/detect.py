@@ -37,11 +37,11 @@ from ._validate import (
 )
 from .components import label_components
 
-__all__ = ["Detections", "detect_cells"]
+__all__ = ["DETECTION_METHODS", "Detections", "detect_cells"]
 
 logger = logging.getLogger(__name__)
 
-_METHODS = ("spheres", "components", "blobs")
+DETECTION_METHODS = ("spheres", "components", "blobs")
 _PROB_TOLERANCE = 1e-6
 
 
@@ -267,8 +267,8 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     >>> d.centroids.tolist(), d.scores.round(3).tolist()
     ([[4.0, 4.0, 4.0]], [1.0])
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
+    if method not in DETECTION_METHODS:
+        raise ValueError(f"method must be one of {DETECTION_METHODS}; got {method!r}")
     prob = as_volume(prob, "prob")
     threshold = check_fraction("threshold", threshold)
     stop = check_fraction("stop", stop)

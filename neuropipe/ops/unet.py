@@ -174,6 +174,8 @@ def _threads(num_threads):
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+SCHEDULES = ("constant", "cosine")
+NORMALISATIONS = ("stack", "slice")
 
 
 def _resolve_precision(precision, device):
@@ -513,9 +515,9 @@ def _update_average(average, net, decay):
 
 def _check_choices(schedule, normalise, balance, average):
     """Refuse unknown ``schedule``/``normalise``, out-of-range ``balance``/``average``; return those two as floats."""
-    if schedule not in ("constant", "cosine"):
+    if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
-    if normalise not in ("stack", "slice"):
+    if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be 'stack' or 'slice'; got {normalise!r}")
     balance, average = float(balance), float(average)
     if not 0.0 <= balance <= 1.0:
