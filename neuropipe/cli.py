@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-jobs", type=int, help="exit after this many jobs")
     worker.add_argument("--max-retries", type=int, default=3, help="retries of a transiently failed job (default 3)")
     worker.add_argument("--batch", type=int, default=1, help="jobs claimed per round trip (default 1)")
+    worker.add_argument("--wait-for-database", type=float, default=300.0, metavar="SECONDS",
+                        help="at start, keep trying to reach the database this long (default 300)")
+    worker.add_argument("--reconnect-cap", type=float, default=30.0,
+                        help="longest wait in seconds between attempts to reach a database that is down (default 30)")
     worker.add_argument("--memory-gb", type=float, help="memory this worker offers (default: the host's)")
     worker.set_defaults(command=_worker)
 
@@ -131,6 +135,7 @@ def _pipeline(args):
 
 def _worker(args) -> int:
     from neuropipe import resources, supervisor
+    from neuropipe.failures import keep_trying
     from neuropipe.worker import Worker, WorkerOptions
 
     if args.gpus == "pinned":  # a supervisor's child, given one GPU
@@ -144,8 +149,11 @@ def _worker(args) -> int:
             return supervisor.supervise(supervisor.plan_slots(_child_argv(args), args.processes if not gpus
                                                               or args.processes != 1 else 0, gpus))
     options = WorkerOptions(heartbeat=args.heartbeat, poll=args.poll, max_idle=args.max_idle, max_jobs=args.max_jobs,
-                            max_retries=args.max_retries, batch=args.batch)
-    worker = Worker(_pipeline(args), options, resources.local_resources(gpus, args.memory_gb))
+                            max_retries=args.max_retries, batch=args.batch, reconnect_cap=args.reconnect_cap,
+                            wait_for_database=args.wait_for_database)
+    tables = keep_trying(lambda: _pipeline(args), patience=args.wait_for_database, cap=args.reconnect_cap,
+                         what="at start")
+    worker = Worker(tables, options, resources.local_resources(gpus, args.memory_gb))
     worker.serve()
     return 0 if worker._signals < 2 else 128 + signal.SIGTERM
 
@@ -154,7 +162,8 @@ def _child_argv(args) -> list[str]:
     """Return the options a supervisor passes on to each worker process."""
     argv = [f"--pipeline={name}" for name in args.pipeline or []]
     argv += [f"--tables={pattern}" for pattern in args.tables or []]
-    for option in ("heartbeat", "poll", "max_idle", "max_jobs", "max_retries", "batch", "memory_gb"):
+    for option in ("heartbeat", "poll", "max_idle", "max_jobs", "max_retries", "batch", "wait_for_database",
+                   "reconnect_cap", "memory_gb"):
         value = getattr(args, option)
         if value is not None:
             argv.append(f"--{option.replace('_', '-')}={value}")

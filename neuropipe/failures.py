@@ -9,7 +9,11 @@ transient exception types in a class attribute ``transient_errors``.
 
 from __future__ import annotations
 
+import logging
 import random
+import time
+
+logger = logging.getLogger(__name__)
 
 TRANSIENT_NAMES = frozenset({
     "LostConnectionError",  # datajoint
@@ -67,3 +71,29 @@ def describe(error: BaseException) -> str:
     """Return ``'Type: message'`` for the job table."""
     text = str(error)
     return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
+
+
+def keep_trying(call, *, patience: float, cap: float, what: str):
+    """Call ``call()`` until it does not fail transiently, for up to ``patience`` seconds; return its result.
+
+    Used where a worker starts: a daemon launched while its database is still coming up
+    (a cluster booting, a server restarting) waits for it instead of exiting.  The waits
+    start at 1 s and double up to ``cap``; each attempt logs one line.
+
+    Raises
+    ------
+    Exception
+        The last error, when it is not transient or patience ran out.
+    """
+    deadline, attempt = time.monotonic() + patience, 0
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            attempt += 1
+            wait = min(cap, backoff_seconds(attempt, base=1.0, cap=cap))
+            if not is_transient(error) or time.monotonic() + wait > deadline:
+                raise
+            logger.warning("database unreachable %s (%s); attempt %d, retrying in %.1f s", what, describe(error),
+                           attempt, wait)
+            time.sleep(wait)

@@ -12,7 +12,14 @@ and keeps every state in that table so what DataJoint users already query shows 
   reservation while paused cannot create a duplicate or an error row;
 - ``fail`` records the attempt in :class:`~neuropipe.registry.Failure` and either
   re-queues the job with backoff (transient failures) or marks it ``error`` (permanent);
-- ``release`` and ``reset_orphans`` hand reservations back to the queue.
+- ``release`` and ``reset_orphans`` hand reservations back to the queue;
+- ``hand_back_strays`` settles the reservations that carry this process's identity but that
+  no worker of this process holds any more (a claim whose reply, or a completion whose
+  ``COMMIT`` reply, was lost with the connection): back to ``pending``, or ``success`` where
+  the rows were in fact committed.
+
+A reservation's identity is the host and pid of the process that made it; what that
+process holds is kept in :data:`HOLDINGS`, so one process may run several workers.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import inspect
 import json
 import logging
 import random
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -42,6 +50,40 @@ class Identity:
     host: str
     pid: int
     version: str
+
+
+class Holdings:
+    """The jobs this process holds: claimed by one of its workers and not yet settled.
+
+    A reservation carrying this process's identity that is not held here is a *stray*: the
+    process lost track of it (for example the reply to its claim never arrived), so nobody
+    would ever finish or release it.  Claims hold :attr:`lock` from their ``UPDATE`` until
+    the keys are recorded, and the hand-back of strays holds it from its last look at the
+    holdings to its ``UPDATE``, so a fresh claim is never taken for a stray.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._keys: dict[str, set] = {}
+
+    def add(self, table: str, keys) -> None:
+        """Record ``keys`` of ``table`` as held."""
+        self._keys.setdefault(table, set()).update(map(_frozen, keys))
+
+    def discard(self, table: str, keys) -> None:
+        """Forget ``keys`` of ``table`` (finished, released, or lost track of)."""
+        self._keys.get(table, set()).difference_update(map(_frozen, keys))
+
+    def holds(self, table: str, key: dict) -> bool:
+        """Return whether a worker of this process holds ``key`` of ``table``."""
+        return _frozen(key) in self._keys.get(table, ())
+
+
+HOLDINGS = Holdings()
+
+
+def _frozen(key: dict) -> tuple:
+    return tuple(sorted((name, str(value)) for name, value in key.items()))
 
 
 class JobQueue:
@@ -105,6 +147,13 @@ class JobQueue:
         if not candidates:
             return []
         candidates = random.sample(candidates, min(count, len(candidates)))
+        with HOLDINGS.lock:
+            claimed = self._reserve(candidates)
+            HOLDINGS.add(self.table.full_table_name, claimed)
+        return claimed
+
+    def _reserve(self, candidates: list[dict]) -> list[dict]:
+        """Reserve those of ``candidates`` that are still pending; return them."""
         condition = self._condition(candidates)
         q = self.quote
         cursor = self.connection.query(
@@ -119,13 +168,81 @@ class JobQueue:
             return candidates
         if cursor.rowcount == 0:
             return []
-        return (self.jobs & candidates & self._mine() & "status='reserved'").proj().to_dicts()
+        reserved = (self.jobs & candidates & self._mine() & "status='reserved'").proj().to_dicts()
+        return [key for key in reserved if not HOLDINGS.holds(self.table.full_table_name, key)]
 
     def release(self, keys=None, note: str = "released by a stopping worker") -> None:
-        """Hand this worker's reservations of ``keys`` (default: all of them) back to the queue."""
+        """Hand this worker's reservations of ``keys`` (default: all of them) back to the queue.
+
+        The keys are no longer held afterwards, even where the update fails with the
+        connection: the reservation is then a stray, which :meth:`hand_back_strays` settles.
+        """
         keys = list((self.jobs & self._mine() & "status='reserved'").proj().to_dicts() if keys is None else keys)
-        if keys:
-            self._set_pending(keys, note, only_mine=True)
+        try:
+            if keys:
+                self._set_pending(keys, note, only_mine=True)
+        finally:
+            self.forget(keys)
+
+    def forget(self, keys) -> None:
+        """Stop holding ``keys`` without touching the database (their reservations become strays)."""
+        HOLDINGS.discard(self.table.full_table_name, keys)
+
+    def hand_back_strays(self, connection=None, *, wait: bool = True) -> tuple[list, list]:
+        """Settle this process's reservations that none of its workers holds.
+
+        Each stray goes back to ``pending``, or to ``success`` where the table holds its rows
+        (a ``COMMIT`` whose reply was lost may have succeeded: the rows tell, not a guess).
+
+        Parameters
+        ----------
+        connection : datajoint.Connection, optional
+            Default: the table's own (the heartbeat thread passes its own).
+        wait : bool
+            Wait for a claim in progress; if False, return at once when one is (the
+            heartbeat tries again at its next sweep rather than stall).
+
+        Returns
+        -------
+        tuple of list
+            The keys returned to the queue and the keys found committed.
+        """
+        connection = connection or self.connection
+        q = self.quote
+        columns = ", ".join(q(name) for name in self.primary_key)
+        mine = connection.query(
+            f"SELECT {columns} FROM {self.jobs.full_table_name} WHERE {q('status')}='reserved' AND {self._owned_by()}",
+            args=(self.identity.host, self.identity.pid), as_dict=True).fetchall()
+        name = self.table.full_table_name
+        if not [key for key in mine if not HOLDINGS.holds(name, key)] or not HOLDINGS.lock.acquire(blocking=wait):
+            return [], []
+        try:
+            strays = [dict(key) for key in mine if not HOLDINGS.holds(name, key)]
+            committed = self._keys_with_rows(strays, connection)
+            returned = [key for key in strays if key not in committed]
+            if committed:
+                self._mark_done(committed, connection, note="its rows were committed before the connection was lost")
+            if returned:
+                self._set_pending(returned, "released: its worker lost track of it with its database connection",
+                                  only_mine=True, connection=connection)
+        finally:
+            HOLDINGS.lock.release()
+        for key in returned:
+            logger.warning("%s %s: handed back (its reservation outlived the database session that made it)", self.name, key)
+        return returned, committed
+
+    def outcome(self, key: dict) -> str:
+        """Return what became of a job that was interrupted with the connection.
+
+        ``'committed'`` where its rows exist and its job row shows this worker completed
+        it, else ``'not committed'``.
+        """
+        q = self.quote
+        row = self.connection.query(
+            f"SELECT {q('status')}, {q('host')}, {q('pid')} FROM {self.jobs.full_table_name} "
+            f"WHERE {self._condition([key])}").fetchone()
+        completed = row is None or (row[0] == "success" and (row[1], row[2]) == (self.identity.host, self.identity.pid))
+        return "committed" if completed and self._keys_with_rows([key], self.connection) else "not committed"
 
     # --- running ------------------------------------------------------------------------
 
@@ -145,8 +262,8 @@ class JobQueue:
         """
         table = self.table()
         start = time.time()
-        self.connection.start_transaction()
         try:
+            self.connection.start_transaction()
             if table & key:
                 outcome = "skipped"
             else:
@@ -164,6 +281,8 @@ class JobQueue:
         except BaseException:
             self._rollback()
             raise
+        finally:
+            self.forget([key])
         return outcome
 
     def fail(self, key: dict, error: BaseException, *, max_retries: int, backoff: float = 2.0) -> str:
@@ -193,7 +312,9 @@ class JobQueue:
     def reset_orphans(self, is_orphan, connection) -> int:
         """Return reserved jobs whose worker is gone (``is_orphan(job)``) to the queue.
 
-        Runs on ``connection`` (the heartbeat thread's), not on the table's own.
+        Runs on ``connection`` (the heartbeat thread's), not on the table's own.  Only
+        reservations made before ``is_orphan.as_of`` (the server time of the judgement) are
+        reset: a worker that came back since may already have claimed afresh.
         """
         q = self.quote
         columns = ", ".join(q(name) for name in [*self.primary_key, "host", "pid"])
@@ -204,7 +325,8 @@ class JobQueue:
             if is_orphan(job):
                 key = {name: job[name] for name in self.primary_key}
                 note = f"re-queued: its worker {job['host']}:{job['pid']} stopped"
-                count += self._set_pending([key], note, owner=(job["host"], job["pid"]), connection=connection)
+                count += self._set_pending([key], note, owner=(job["host"], job["pid"]), connection=connection,
+                                           reserved_before=is_orphan.as_of)
                 logger.warning("%s %s %s", self.name, key, note)
         return count
 
@@ -230,6 +352,29 @@ class JobQueue:
             logger.warning("%s %s: this worker's reservation was taken back meanwhile; its rows stand",
                            self.name, key)
 
+    def _mark_done(self, keys, connection, note: str) -> None:
+        """Mark this worker's reservations of ``keys`` done (jobs whose rows exist already)."""
+        q = self.quote
+        where = f"({self._condition(keys)}) AND {q('status')}='reserved' AND {self._owned_by()}"
+        owner = (self.identity.host, self.identity.pid)
+        if self.connection._config.jobs.keep_completed:
+            connection.query(f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
+                             f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('error_message')}=%s WHERE {where}",
+                             args=(note[:2047], *owner))
+        else:
+            connection.query(f"DELETE FROM {self.jobs.full_table_name} WHERE {where}", args=owner)
+
+    def _keys_with_rows(self, keys, connection) -> list[dict]:
+        """Return those of ``keys`` for which the table holds rows."""
+        if not keys:
+            return []
+        q = self.quote
+        columns = ", ".join(q(name) for name in self.primary_key)
+        found = connection.query(f"SELECT DISTINCT {columns} FROM {self.table.full_table_name} "
+                                 f"WHERE {self._condition(keys)}", as_dict=True).fetchall()
+        found = {_frozen(key) for key in found}
+        return [key for key in keys if _frozen({name: key[name] for name in self.primary_key}) in found]
+
     def _record_failure(self, key: dict, transient: bool, message: str) -> int:
         """Insert a Failure row; return how many uncleared attempts have failed."""
         name, digest = self.table.full_table_name, registry.key_hash(key)
@@ -241,14 +386,18 @@ class JobQueue:
             error_message=message[:2047]))
         return len(history & {"cleared": False})
 
-    def _set_pending(self, keys, note: str, *, only_mine=False, owner=None, scheduled=None, connection=None) -> int:
+    def _set_pending(self, keys, note: str, *, only_mine=False, owner=None, scheduled=None, connection=None,
+                     reserved_before=None) -> int:
         q = self.quote
         where = f"({self._condition(keys)})"
         if only_mine:
             owner = (self.identity.host, self.identity.pid)
         if owner:
             where += f" AND {q('status')}='reserved' AND {self._owned_by()}"
-        args = [note[:2047]] + ([scheduled] if scheduled else []) + (list(owner) if owner else [])
+        if reserved_before is not None:
+            where += f" AND {q('reserved_time')} < %s"
+        args = ([note[:2047]] + ([scheduled] if scheduled else []) + (list(owner) if owner else [])
+                + ([reserved_before] if reserved_before is not None else []))
         cursor = (connection or self.connection).query(
             f"UPDATE {self.jobs.full_table_name} SET {q('status')}='pending', {q('host')}='', {q('pid')}=0, "
             f"{q('connection_id')}=0, {q('reserved_time')}=NULL, {q('error_message')}=%s, "

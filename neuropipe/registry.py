@@ -143,7 +143,7 @@ class Heartbeat:
         self._thread.join(timeout=self.seconds + 5)
 
     def _run(self) -> None:
-        connection, last_beat = None, 0.0
+        connection, last_beat, failing = None, 0.0, False
         while not self._stop.wait(self.seconds / 2):
             try:
                 connection = connection or self._connect()
@@ -153,8 +153,14 @@ class Heartbeat:
                 if self._sweep:
                     self._sweep(connection)
             except Exception as error:  # the server may be restarting: try again next time
-                logger.warning("heartbeat failed (%s: %s); retrying", error.__class__.__name__, error)
-                connection = None
+                log = logger.debug if failing else logger.warning
+                log("heartbeat failed (%s: %s); retrying every %.1f s", error.__class__.__name__, error,
+                    self.seconds / 2)
+                connection, failing = None, True
+            else:
+                if failing:
+                    logger.info("heartbeat restored")
+                failing = False
 
     def beat(self, connection) -> None:
         """Write one heartbeat: the time, the current job, and 'running' again if marked lost."""
@@ -181,6 +187,11 @@ def _update_workers(worker_ids, connection=None, **values) -> None:
                      args=(*values.values(), *worker_ids))
 
 
+def update_connection(worker_id: str, connection_id: int, connection) -> None:
+    """Record the id of a worker's new database connection (after a reconnection)."""
+    _update_workers([worker_id], connection=connection, connection_id=connection_id)
+
+
 def deregister(worker_id: str, *, done: int, failed: int) -> None:
     """Mark a worker stopped, with its final counts."""
     _update_workers([worker_id], status="stopped", current_table="", current_key=None, jobs_done=done,
@@ -202,16 +213,36 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def orphan_judge(connection, my_host: str):
-    """Return a predicate telling whether a reserved job's worker is gone.
+class OrphanJudge:
+    """Tells whether a reserved job's worker is gone, as the registry stood at ``as_of``.
 
     A job is orphaned when the worker that reserved it (the latest registered worker with
-    its host and pid) is marked stopped or lost, or has not heartbeaten for twice its
-    interval, or when it was reserved on this host by a process that no longer exists.
-    A reservation by an unregistered process on another host (e.g. a plain DataJoint
-    ``populate``) cannot be judged and is left alone.  Workers found silent are marked
-    ``lost`` on the way.
+    its host and pid) has stopped or has not heartbeaten for twice its interval, or when it
+    was reserved on this host by a process that no longer exists.  A worker marked ``lost``
+    that heartbeats again (it rode out a database outage) is alive.  A reservation by an
+    unregistered process on another host (e.g. a plain DataJoint ``populate``) cannot be
+    judged and is left alone.
+
+    Attributes
+    ----------
+    as_of : datetime
+        Server time of the judgement; reservations made since are not judged by it.
     """
+
+    def __init__(self, as_of, latest: dict, my_host: str):
+        self.as_of = as_of
+        self._latest = latest
+        self._my_host = my_host
+
+    def __call__(self, job: dict) -> bool:
+        if job["host"] == self._my_host and not pid_alive(job["pid"]):
+            return True
+        worker = self._latest.get((job["host"], job["pid"]))
+        return worker is not None and (worker["status"] == "stopped" or worker["silent"])
+
+
+def orphan_judge(connection, my_host: str) -> OrphanJudge:
+    """Read the registry and return an :class:`OrphanJudge`; mark silent workers ``lost`` on the way."""
     now = server_now(connection)
     quote = connection.adapter.quote_identifier
     names = ("worker_id", "host", "pid", "status", "started_time", "heartbeat_time", "heartbeat_seconds")
@@ -226,11 +257,4 @@ def orphan_judge(connection, my_host: str):
     if lost:
         _update_workers(lost, status="lost", connection=connection)
         logger.warning("workers %s stopped heartbeating; marked lost", ", ".join(w[:8] for w in lost))
-
-    def is_orphan(job: dict) -> bool:
-        if job["host"] == my_host and not pid_alive(job["pid"]):
-            return True
-        worker = latest.get((job["host"], job["pid"]))
-        return worker is not None and (worker["status"] in ("stopped", "lost") or worker["silent"])
-
-    return is_orphan
+    return OrphanJudge(now, latest, my_host)

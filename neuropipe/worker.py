@@ -7,8 +7,16 @@ each it queues new keys, claims jobs atomically and runs them through
 heartbeats from a thread of its own, so that other workers can tell a slow job from a dead
 worker: a job whose worker stopped heartbeating for two intervals, or whose process is gone
 from this host, goes back to the queue.  The first SIGTERM/SIGINT finishes the current job
-and stops; a second one rolls it back and stops at once.  A lost database connection is
-retried with backoff.  The demo and notebooks drain the graph through this same loop.
+and stops; a second one rolls it back and stops at once.  The demo and notebooks drain the
+graph through this same loop.
+
+A lost database connection (a server restart, a killed connection) is retried with capped
+backoff, one log line per attempt.  Whatever the worker held when the connection went is
+settled on its first successful contact with the server, whichever code path reconnected
+(neuropipe's or DataJoint's own automatic reconnect): each job goes back to the queue, or
+counts as done where its rows were in fact committed.  As a second line of defence the
+heartbeat hands back any reservation carrying this process's identity that no worker of the
+process holds (see :class:`~neuropipe.jobs.Holdings`).
 """
 
 from __future__ import annotations
@@ -26,9 +34,8 @@ import uuid
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from neuropipe import __version__, registry
+from neuropipe import __version__, failures, registry
 from neuropipe.database import import_datajoint, open_like, retrying_declaration
-from neuropipe.failures import is_transient
 from neuropipe.jobs import Identity, JobQueue
 from neuropipe.resources import Resources, local_resources
 
@@ -73,6 +80,11 @@ class WorkerOptions:
         Jobs claimed per round trip (raise it for many short jobs).
     restrictions : tuple
         Restrictions of every table's ``key_source``.
+    reconnect_cap : float
+        Longest wait, in seconds, between attempts to reach a database that is down
+        (the waits start at 1 s and double).
+    wait_for_database : float
+        Seconds a starting worker keeps trying to reach its database before giving up.
     """
 
     heartbeat: float = 10.0
@@ -83,6 +95,8 @@ class WorkerOptions:
     retry_backoff: float = 2.0
     batch: int = 1
     restrictions: tuple = ()
+    reconnect_cap: float = 30.0
+    wait_for_database: float = 300.0
 
 
 def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
@@ -153,6 +167,72 @@ def run_worker(tables, *, max_idle: float | None = None, poll_seconds: float = 5
     return Worker(tables, settings).serve()
 
 
+class DatabaseContact:
+    """Whether the worker still talks to the database session its reservations were made in.
+
+    The session is gone when an error said so (:meth:`lose`) or when the connection's
+    underlying DB-API connection was replaced, which is how DataJoint's automatic reconnect
+    shows: it reconnects inside any query outside a transaction, silently.
+
+    Parameters
+    ----------
+    connection : datajoint.Connection
+        The worker's connection.
+    cap : float
+        Longest wait between attempts to reach the server.
+    """
+
+    def __init__(self, connection, cap: float):
+        self.connection = connection
+        self.cap = cap
+        self.attempts = 0
+        self.lost_since: float | None = None
+        self._session = connection._conn
+
+    def lost(self) -> bool:
+        """Return whether the session the worker's reservations belong to is gone."""
+        return self.lost_since is not None or self.connection._conn is not self._session
+
+    def lose(self) -> float:
+        """Record a failed attempt to reach the server; return how long to wait before the next."""
+        self.lost_since = self.lost_since or time.monotonic()
+        self.attempts += 1
+        return min(self.cap, failures.backoff_seconds(self.attempts, base=1.0, cap=self.cap))
+
+    def alive(self) -> bool:
+        """Return whether the connection answers a ping.
+
+        (DataJoint's own ``is_connected`` does not notice a dead connection: its adapters
+        report a failed ping by returning False, which it takes for success.)
+        """
+        return bool(self.connection.adapter.ping(self.connection._conn))
+
+    def reach(self) -> None:
+        """Make sure the connection is open, reconnecting if needed (raises while the server is down)."""
+        if not self.alive():
+            self.connection.connect()
+        self.connection._in_transaction = False
+
+    def try_reach(self) -> bool:
+        """Return whether :meth:`reach` succeeded."""
+        try:
+            self.reach()
+        except Exception:
+            return False
+        return True
+
+    def restored(self) -> float:
+        """Adopt the current session as the worker's; return how long the outage lasted.
+
+        The connection's ``connection_id`` (written into the job rows it claims) is read anew.
+        """
+        outage = time.monotonic() - (self.lost_since or time.monotonic())
+        self._session = self.connection._conn
+        self.connection.connection_id = self.connection.adapter.get_connection_id(self._session)
+        self.attempts, self.lost_since = 0, None
+        return outage
+
+
 class Worker:
     """One worker process serving some tables.
 
@@ -181,6 +261,7 @@ class Worker:
         self._signals = 0
         self._heartbeat = None
         self._held: list = []  # (queue, key) claimed but not yet run
+        self._interrupted = None  # (queue, key) of a job the lost connection cut short
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -189,15 +270,17 @@ class Worker:
         if not self.tables:
             return self.tally
         connection = self.tables[0].connection
-        registry.ensure_active(connection)
-        eligible = [table for table in self.tables if self.resources.can_run(table)]
-        for table in set(self.tables) - set(eligible):
-            logger.info("%s needs %s; this worker leaves it to others", table.__name__, table.resources)
-        self.queues = [JobQueue(table, self.identity) for table in eligible]
+        self._contact = DatabaseContact(connection, self.options.reconnect_cap)
+        failures.keep_trying(lambda: self._register(connection), patience=self.options.wait_for_database,
+                             cap=self.options.reconnect_cap, what="at start")
+        self._heartbeat = registry.Heartbeat(self.identity.worker_id, self.options.heartbeat,
+                                             lambda: open_like(connection), self._sweep_orphans)
+        self._heartbeat.start()
+        logger.info("worker %s (%s:%d) serving %s", self.identity.worker_id[:8], self.identity.host,
+                    self.identity.pid, ", ".join(q.name for q in self.queues) or "no tables")
         restore = self._install_signal_handlers()
-        self._register(connection)
         try:
-            self._loop(connection)
+            self._loop()
         except StopNow:
             logger.warning("stopped at once; the current job was rolled back and released")
         finally:
@@ -205,21 +288,16 @@ class Worker:
             restore()
         return self.tally
 
-    def _loop(self, connection) -> None:
+    def _loop(self) -> None:
         idle_since = time.monotonic()
-        backoff = 1.0
         while not self.stopping:
             try:
+                self._settle_if_reconnected()
                 worked = self._pass()
-                backoff = 1.0
             except StopNow:
                 raise
             except Exception as error:
-                if not is_transient(error):
-                    raise
-                logger.warning("database unreachable (%s); retrying in %.0f s", error, backoff)
-                self._reconnect(connection, backoff)
-                backoff = min(backoff * 2, 60.0)
+                self._wake.wait(self._wait_after(error))
                 continue
             if self._budget_spent():
                 return
@@ -230,6 +308,25 @@ class Worker:
                 return
             self._wake.wait(self.options.poll)
 
+    def _wait_after(self, error: Exception) -> float:
+        """Log a lost or failing database; return how long to wait before the next attempt.
+
+        On the first attempt the worker reconnects at once (a killed connection, a quick
+        restart); after that it waits, 1 s and doubling up to ``reconnect_cap``.  Errors that
+        are neither transient nor a lost connection are bugs: they propagate.
+        """
+        contact = self._contact
+        lost_connection = contact.lost() or not contact.alive()
+        if not lost_connection and not failures.is_transient(error):
+            raise error
+        wait = contact.lose()
+        if contact.attempts == 1 and lost_connection and contact.try_reach():
+            logger.warning("database connection lost (%s); reconnected", failures.describe(error))
+            return 0.0
+        logger.warning("database %s (%s); attempt %d, retrying in %.1f s",
+                       "unreachable" if lost_connection else "error", failures.describe(error), contact.attempts, wait)
+        return wait
+
     def _pass(self) -> bool:
         """One sweep over the tables, upstream first; return whether any job ran."""
         worked = False
@@ -238,15 +335,50 @@ class Worker:
                 break
             queue.refresh(self.options.restrictions)
             while not self.stopping and not self._budget_spent():
+                self._settle_if_reconnected()
                 keys = queue.claim(self.options.batch)
+                self._held = [(queue, key) for key in keys]
+                if self._settle_if_reconnected():  # the claim reconnected: what it reserved was handed back
+                    continue
                 if not keys:
                     break
-                self._held = [(queue, key) for key in keys]
                 while self._held and not self.stopping and not self._budget_spent():
                     self._run(*self._held.pop(0))
                     worked = True
                 self._release_held()
         return worked
+
+    def _settle_if_reconnected(self) -> bool:
+        """On the first contact after a lost connection, settle what the worker held; return whether it did.
+
+        Raises whatever the server does while it is still unreachable; the loop then waits
+        and calls again.
+        """
+        contact = self._contact
+        if not contact.lost():
+            return False
+        contact.reach()
+        for queue, key in self._held:
+            queue.forget([key])
+        self._held = []
+        committed = 0
+        if self._interrupted:
+            queue, key = self._interrupted
+            queue.forget([key])
+            if queue.outcome(key) == "committed":
+                committed += 1
+                self.tally[queue.name].made += 1
+                logger.info("%s %s was committed before the connection was lost", queue.name, key)
+        returned = 0
+        for queue in self.queues:
+            back, done = queue.hand_back_strays()
+            returned, committed = returned + len(back), committed + len(done)
+        self._interrupted = None
+        outage = contact.restored()
+        registry.update_connection(self.identity.worker_id, contact.connection.connection_id, contact.connection)
+        logger.info("reconnected to the database after %.1f s; %d job(s) handed back, %d found committed",
+                    outage, returned, committed)
+        return True
 
     def _budget_spent(self) -> bool:
         if self.options.max_jobs is None:
@@ -263,6 +395,10 @@ class Worker:
             queue.release([key])
             raise
         except Exception as error:
+            if self._contact.lost() or not self._contact.alive():
+                # not the job's failure: settled on reconnection, not counted as an attempt
+                self._interrupted = (queue, key)
+                raise
             if queue.fail(key, error, max_retries=self.options.max_retries,
                           backoff=self.options.retry_backoff) == "error":
                 tally.failed += 1
@@ -283,17 +419,20 @@ class Worker:
     # --- registry -----------------------------------------------------------------------
 
     def _register(self, connection) -> None:
+        """Bind the registry, open the queues and insert this worker's registry row."""
+        self._contact.reach()
+        registry.ensure_active(connection)
+        eligible = [table for table in self.tables if self.resources.can_run(table)]
+        for table in set(self.tables) - set(eligible):
+            logger.info("%s needs %s; this worker leaves it to others", table.__name__, table.resources)
+        self.queues = [JobQueue(table, self.identity) for table in eligible]
         now = registry.server_now(connection)
         registry.Worker.insert1(dict(
             worker_id=self.identity.worker_id, host=self.identity.host, pid=self.identity.pid, status="running",
             started_time=now, heartbeat_time=now, heartbeat_seconds=self.options.heartbeat,
             resources=self.resources.as_json(), tables=",".join(q.name for q in self.queues)[:4000],
-            version=self.identity.version, connection_id=connection.connection_id))
-        self._heartbeat = registry.Heartbeat(self.identity.worker_id, self.options.heartbeat,
-                                             lambda: open_like(connection), self._sweep_orphans)
-        self._heartbeat.start()
-        logger.info("worker %s (%s:%d) serving %s", self.identity.worker_id[:8], self.identity.host,
-                    self.identity.pid, ", ".join(q.name for q in self.queues) or "no tables")
+            version=self.identity.version, connection_id=connection.connection_id), skip_duplicates=True)
+        self._contact.restored()
 
     def _shutdown(self, connection) -> None:
         try:
@@ -309,24 +448,13 @@ class Worker:
             self._heartbeat.stop()
 
     def _sweep_orphans(self, connection) -> None:
-        """Return the jobs of dead workers to the queue (on the heartbeat thread's connection)."""
+        """On the heartbeat thread's connection: hand back this process's strays, rescue dead workers' jobs."""
         if self.queues:
+            for queue in self.queues:
+                queue.hand_back_strays(connection, wait=False)
             is_orphan = registry.orphan_judge(connection, self.identity.host)
             for queue in self.queues:
                 queue.reset_orphans(is_orphan, connection)
-
-    def _reconnect(self, connection, wait: float) -> None:
-        """Wait, reconnect, and release the reservations the lost connection left behind."""
-        self._wake.wait(wait)
-        try:
-            connection.connect()
-            connection._in_transaction = False
-            for queue in self.queues:
-                queue.release(note="released after the worker lost its database connection")
-            self._held = []
-            logger.info("reconnected to the database")
-        except Exception as error:
-            logger.debug("reconnect failed: %s", error)
 
     # --- signals ------------------------------------------------------------------------
 

@@ -114,6 +114,30 @@ def pipeline(settings):
     registry.drop()
 
 
+@pytest.fixture(scope="session", params=["mysql", "postgresql"])
+def private_server(request):
+    """A MariaDB or PostgreSQL server of the session's own, which tests may restart and crash.
+
+    Initialised in a fresh directory on a free port (``tests/support/private_servers.py``);
+    the shared servers are never touched.
+    """
+    from private_servers import PrivateMariaDB, PrivatePostgres
+
+    if request.param == "mysql" and (missing := PrivateMariaDB.missing_tools()):
+        message = f"cannot start a private MariaDB: {', '.join(missing)} not found (Debian: mariadb-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix=f"neuropipe-private-{request.param}-"))
+    server = (PrivateMariaDB if request.param == "mysql" else PrivatePostgres)(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def isbi_path() -> Path:
     """The ISBI 2012 training stack from ../shared (skipped where absent)."""

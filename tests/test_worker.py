@@ -7,8 +7,6 @@ in the test's own process.
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,12 +14,10 @@ import pytest
 
 import toy_pipeline
 from neuropipe import registry, status
-from neuropipe.database import connect, import_datajoint
 from neuropipe.resources import Resources
 from neuropipe.worker import Worker, WorkerOptions, run_worker
+from worker_runs import logs, toy_schema, wait_until, worker_process
 
-dj = import_datajoint()
-SUPPORT = os.path.dirname(toy_pipeline.__file__)
 SERVERS = pytest.mark.parametrize("settings", ["postgresql", "mysql"], indirect=True)
 HEARTBEAT = 1.0
 
@@ -29,39 +25,8 @@ HEARTBEAT = 1.0
 @pytest.fixture
 def toy(settings):
     """The toy tables in a schema of the test's own, with the worker registry beside them."""
-    connection = connect(settings)
-    registry.activate(settings.schema_prefix, connection)
-    schema = dj.Schema(settings.schema_prefix + "toy", connection=connection)
-    tables = toy_pipeline.declare(schema)
-    yield tables
-    schema.drop(prompt=False)
-    registry.drop()
-
-
-def worker_process(settings, log_path, *options, **environment):
-    """Start ``neuropipe worker`` on the toy pipeline in a process of its own."""
-    env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
-           "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-           "NEUROPIPE_STORE": str(settings.store), "TOY_SCHEMA": settings.schema_prefix + "toy",
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-           **{name: str(value) for name, value in environment.items()}}
-    command = [sys.executable, "-m", "neuropipe.cli", "worker", "--pipeline", "toy_pipeline", "--tables", "Square",
-               "--heartbeat", str(HEARTBEAT), "--poll", "0.2", *options]
-    return subprocess.Popen(command, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
-
-
-def wait_until(predicate, timeout, what):
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-def logs(tmp_path):
-    return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(tmp_path.glob("worker*.log")))
+    with toy_schema(settings) as tables:
+        yield tables
 
 
 @SERVERS

@@ -6,7 +6,8 @@ their own process call :func:`declare` on a schema of their own instead.
 
 Behaviour is steered through the environment, which reaches worker processes too:
 ``TOY_DELAY`` (seconds per job), ``TOY_STATE`` (a folder where :class:`Flaky` counts its
-attempts), ``TOY_FLAKY_FAILURES`` (how many times each Flaky job fails with a timeout).
+attempts, and where :class:`Gated` finds its gates), ``TOY_FLAKY_FAILURES`` (how many times
+each Flaky job fails with a timeout).
 """
 
 import os
@@ -71,7 +72,42 @@ def declare(schema):
                 raise TimeoutError(f"attempt {attempts} timed out")
             self.insert1(dict(key, attempts=attempts))
 
-    return SimpleNamespace(Item=Item, Square=Square, GpuSquare=GpuSquare, Flaky=Flaky)
+    @schema
+    class Gated(dj.Computed):
+        """Waits at a gate inside ``make()`` where the test set one, so a disruption lands there."""
+
+        definition = """
+        -> Item
+        ---
+        made_by_pid : int32
+        """
+
+        def make(self, key):
+            folder = Path(os.environ["TOY_STATE"])
+            with open(folder / f"{key['item']}.attempts", "a") as attempts:
+                attempts.write(f"{os.getpid()}\n")
+            wait_at_gate(folder, key["item"], "before-insert")
+            self.insert1(dict(key, made_by_pid=os.getpid()))
+            wait_at_gate(folder, key["item"], "after-insert")
+
+    return SimpleNamespace(Item=Item, Square=Square, GpuSquare=GpuSquare, Flaky=Flaky, Gated=Gated)
+
+
+def wait_at_gate(folder: Path, item: int, place: str, timeout: float = 300) -> None:
+    """If the test closed a gate at ``place`` for ``item``, announce the arrival and wait for it to open.
+
+    The test writes ``<item>.gate`` (the place) and later ``<item>.open``; an arrival leaves
+    ``<item>.<place>.arrived``.
+    """
+    gate = folder / f"{item}.gate"
+    if not gate.exists() or gate.read_text() != place:
+        return
+    (folder / f"{item}.{place}.arrived").write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not (folder / f"{item}.open").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate of item {item} at {place} stayed closed for {timeout} s")
+        time.sleep(0.02)
 
 
 if os.environ.get("TOY_SCHEMA"):
