@@ -68,8 +68,8 @@ def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> f
 
 
 def describe(error: BaseException) -> str:
-    """Return ``'Type: message'`` for the job table."""
-    text = str(error)
+    """Return ``'Type: message'`` on one line, for logs and the job table."""
+    text = " ".join(str(error).split())
     return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
 
 

@@ -257,7 +257,6 @@ class Worker:
         self.identity = Identity(uuid.uuid4().hex, platform.node(), os.getpid(), f"neuropipe {__version__}")
         self.tally = {table.__name__: TableTally(table.__name__) for table in self.tables}
         self.stopping = False
-        self._wake = threading.Event()
         self._signals = 0
         self._heartbeat = None
         self._held: list = []  # (queue, key) claimed but not yet run
@@ -297,7 +296,7 @@ class Worker:
             except StopNow:
                 raise
             except Exception as error:
-                self._wake.wait(self._wait_after(error))
+                self._nap(self._wait_after(error))
                 continue
             if self._budget_spent():
                 return
@@ -306,7 +305,17 @@ class Worker:
                 continue
             if self.options.max_idle is not None and time.monotonic() - idle_since >= self.options.max_idle:
                 return
-            self._wake.wait(self.options.poll)
+            self._nap(self.options.poll)
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, waking within 0.1 s of a stop signal.
+
+        The signal handlers only set flags: one that took a lock (``Event.set``) could
+        deadlock against the main thread it interrupted while that held the same lock.
+        """
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
 
     def _wait_after(self, error: Exception) -> float:
         """Log a lost or failing database; return how long to wait before the next attempt.
@@ -467,7 +476,6 @@ class Worker:
     def _on_signal(self, number, frame) -> None:
         self._signals += 1
         self.stopping = True
-        self._wake.set()
         if self._signals == 1:
             logger.warning("%s: finishing the current job, then stopping (again to stop at once)",
                            signal.Signals(number).name)

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,11 +177,19 @@ class Fleet:
                 assert len(attempts) >= 2 and attempts[0] == held.holder["pid"], (held, attempts)
 
     def stop(self) -> list[int]:
-        """Stop the workers with SIGTERM; return their exit codes."""
+        """Stop the workers with SIGTERM; return their exit codes ('hung' for one killed after 60 s)."""
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
-        return [worker.wait(timeout=60) for worker in self.workers]
+        codes = []
+        for worker in self.workers:
+            try:
+                codes.append(worker.wait(timeout=60))
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+                codes.append("hung")
+        return codes
 
     def report(self, disruption: str) -> dict:
         """Summarise the rounds; append it to ``NEUROPIPE_RESTART_REPORT`` where set."""
