@@ -228,7 +228,8 @@ class JobQueue:
         finally:
             HOLDINGS.lock.release()
         for key in returned:
-            logger.warning("%s %s: handed back (its reservation outlived the database session that made it)", self.name, key)
+            logger.warning("%s %s: handed back (its reservation outlived the database session that made it)",
+                           self.name, key)
         return returned, committed
 
     def outcome(self, key: dict) -> str:

@@ -235,6 +235,7 @@ class OrphanJudge:
         self._my_host = my_host
 
     def __call__(self, job: dict) -> bool:
+        """Return whether the worker that reserved ``job`` (its ``host`` and ``pid``) is gone."""
         if job["host"] == self._my_host and not pid_alive(job["pid"]):
             return True
         worker = self._latest.get((job["host"], job["pid"]))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from neuropipe import __version__, failures, registry
-from neuropipe.database import import_datajoint, open_like, retrying_declaration
+from neuropipe.database import DatabaseContact, import_datajoint, open_like, retrying_declaration
 from neuropipe.jobs import Identity, JobQueue
 from neuropipe.resources import Resources, local_resources
 
@@ -165,72 +165,6 @@ def run_worker(tables, *, max_idle: float | None = None, poll_seconds: float = 5
     settings = WorkerOptions(poll=poll_seconds, max_idle=max_idle, max_jobs=max_jobs,
                              restrictions=tuple(restrictions), **options)
     return Worker(tables, settings).serve()
-
-
-class DatabaseContact:
-    """Whether the worker still talks to the database session its reservations were made in.
-
-    The session is gone when an error said so (:meth:`lose`) or when the connection's
-    underlying DB-API connection was replaced, which is how DataJoint's automatic reconnect
-    shows: it reconnects inside any query outside a transaction, silently.
-
-    Parameters
-    ----------
-    connection : datajoint.Connection
-        The worker's connection.
-    cap : float
-        Longest wait between attempts to reach the server.
-    """
-
-    def __init__(self, connection, cap: float):
-        self.connection = connection
-        self.cap = cap
-        self.attempts = 0
-        self.lost_since: float | None = None
-        self._session = connection._conn
-
-    def lost(self) -> bool:
-        """Return whether the session the worker's reservations belong to is gone."""
-        return self.lost_since is not None or self.connection._conn is not self._session
-
-    def lose(self) -> float:
-        """Record a failed attempt to reach the server; return how long to wait before the next."""
-        self.lost_since = self.lost_since or time.monotonic()
-        self.attempts += 1
-        return min(self.cap, failures.backoff_seconds(self.attempts, base=1.0, cap=self.cap))
-
-    def alive(self) -> bool:
-        """Return whether the connection answers a ping.
-
-        (DataJoint's own ``is_connected`` does not notice a dead connection: its adapters
-        report a failed ping by returning False, which it takes for success.)
-        """
-        return bool(self.connection.adapter.ping(self.connection._conn))
-
-    def reach(self) -> None:
-        """Make sure the connection is open, reconnecting if needed (raises while the server is down)."""
-        if not self.alive():
-            self.connection.connect()
-        self.connection._in_transaction = False
-
-    def try_reach(self) -> bool:
-        """Return whether :meth:`reach` succeeded."""
-        try:
-            self.reach()
-        except Exception:
-            return False
-        return True
-
-    def restored(self) -> float:
-        """Adopt the current session as the worker's; return how long the outage lasted.
-
-        The connection's ``connection_id`` (written into the job rows it claims) is read anew.
-        """
-        outage = time.monotonic() - (self.lost_since or time.monotonic())
-        self._session = self.connection._conn
-        self.connection.connection_id = self.connection.adapter.get_connection_id(self._session)
-        self.attempts, self.lost_since = 0, None
-        return outage
 
 
 class Worker:

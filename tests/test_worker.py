@@ -110,7 +110,30 @@ def test_a_live_workers_slow_job_is_never_taken_away(toy, settings, tmp_path):
     other = worker_process(settings, tmp_path / "worker-other.log", "--max-idle", str(8 * HEARTBEAT), TOY_DELAY=0)
     assert slow.wait(timeout=60) == 0 and other.wait(timeout=60) == 0, logs(tmp_path)
     assert toy.Square.fetch1("made_by_pid") == slow.pid
-    assert not registry.Failure() and "re-queued" not in logs(tmp_path)
+    assert not registry.Failure() and "re-queued" not in logs(tmp_path) and "handed back" not in logs(tmp_path)
+
+
+@SERVERS
+def test_a_reservation_its_worker_lost_track_of_returns_within_a_heartbeat(toy, settings, tmp_path):
+    """A reservation with the worker's host and pid that it does not hold (its claim's reply was lost)."""
+    worker = worker_process(settings, tmp_path / "worker.log", TOY_DELAY=0)
+    try:
+        wait_until(lambda: registry.Worker & {"pid": worker.pid, "status": "running"}, 60, "the worker to start")
+        host = (registry.Worker & {"pid": worker.pid}).fetch1("host")
+        jobs = toy.Square().jobs
+        with toy.Item.connection.transaction:
+            toy.Item.insert1({"item": 21})
+            jobs.insert1(dict(item=21, status="reserved", host=host, pid=worker.pid, priority=5,
+                              reserved_time=registry.server_now(toy.Item.connection)))
+        planted = time.monotonic()
+        returned = wait_until(lambda: not jobs.reserved & {"item": 21}, 10 * HEARTBEAT, "the stray to be handed back")
+        wait_until(lambda: toy.Square & {"item": 21}, 30, "the job to be made")
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0, logs(tmp_path)
+    assert returned - planted <= HEARTBEAT + 0.5, logs(tmp_path)
+    assert "handed back" in logs(tmp_path) and jobs.fetch1("status") == "success"
+    assert toy.Square.fetch1("made_by_pid") == worker.pid and not registry.Failure()
 
 
 @SERVERS

@@ -193,10 +193,11 @@ class Fleet:
 
     def report(self, disruption: str) -> dict:
         """Summarise the rounds; append it to ``NEUROPIPE_RESTART_REPORT`` where set."""
+        returned = [held.returned_s for held in self.rounds if held.returned_s is not None]
         summary = dict(backend=self.server.backend, disruption=disruption, rounds=len(self.rounds),
                        phases=sorted({held.phase for held in self.rounds}), heartbeat_s=HEARTBEAT,
-                       max_returned_s=max((h.returned_s for h in self.rounds if h.returned_s is not None), default=None),
-                       max_done_s=max(h.done_s for h in self.rounds), keys=len(self.items))
+                       max_returned_s=max(returned, default=None), max_done_s=max(h.done_s for h in self.rounds),
+                       keys=len(self.items))
         if os.environ.get("NEUROPIPE_RESTART_REPORT"):
             with open(os.environ["NEUROPIPE_RESTART_REPORT"], "a") as out:
                 out.write(json.dumps(summary) + "\n")
@@ -291,3 +292,22 @@ def test_a_long_outage_is_waited_out_with_capped_backoff(fleet, private_server):
                                                                                                       rel=0.25)
         assert re.search(r"reconnected to the database after \d+\.\d s", text), text[-3000:]
         assert len(re.findall("heartbeat failed", text)) == 1, text[-3000:]
+
+
+def test_a_worker_started_while_its_database_is_down_waits_for_it(private_server, tmp_path_factory):
+    store, state = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("gates")
+    settings = private_server.settings(store, f"nprestart_{secrets.token_hex(3)}_")
+    with toy_schema(settings) as toy:
+        toy.Item.insert1({"item": 1})
+        private_server.stop()
+        try:
+            worker = worker_process(settings, state / "worker.log", "--reconnect-cap", str(RECONNECT_CAP),
+                                    "--max-jobs", "1", tables=("Gated",), TOY_STATE=state)
+            time.sleep(3)
+            assert worker.poll() is None, logs(state)
+        finally:
+            private_server.start()
+        assert worker.wait(timeout=60) == 0, logs(state)
+        toy.Item.connection.connect()
+        assert len(toy.Gated()) == 1
+    assert "database unreachable at start" in logs(state)

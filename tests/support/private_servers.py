@@ -183,7 +183,8 @@ class PrivateMariaDB(PrivateServer):
             self._install()
         command = [_which("mariadbd"), "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
                    "--bind-address=127.0.0.1", f"--socket={self.root / 'mysqld.sock'}",
-                   f"--pid-file={self.root / 'mysqld.pid'}", f"--user={_user()}", f"--log-error={self.root / 'error.log'}",
+                   f"--pid-file={self.root / 'mysqld.pid'}", f"--user={_user()}",
+                   f"--log-error={self.root / 'error.log'}",
                    f"--log-bin={self.data / 'binlog'}", "--server-id=1", "--skip-name-resolve",
                    "--innodb-buffer-pool-size=32M", "--max-connections=200"]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
