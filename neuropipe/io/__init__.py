@@ -1,6 +1,7 @@
-"""Reading volumes from the sources a Dataset names (``file://`` paths today)."""
+"""Reading volumes from the sources a Dataset names: files, zarr, HDF5, precomputed layers."""
 
 from neuropipe.io.bbox import format_bbox, parse_bbox
-from neuropipe.io.sources import SUPPORTED_SUFFIXES, parse_source, read_volume, volume_shape
+from neuropipe.io.sources import SUPPORTED_SUFFIXES, open_source, parse_source, read_volume, volume_shape, voxel_size
 
-__all__ = ["SUPPORTED_SUFFIXES", "format_bbox", "parse_bbox", "parse_source", "read_volume", "volume_shape"]
+__all__ = ["SUPPORTED_SUFFIXES", "format_bbox", "open_source", "parse_bbox", "parse_source", "read_volume",
+           "volume_shape", "voxel_size"]

@@ -51,18 +51,32 @@ def format_bbox(box: Box) -> str:
     return ",".join(f"{start}:{stop}" for start, stop in box)
 
 
-def check_inside(box: Box, shape: tuple[int, ...], *, what: str = "volume") -> tuple[slice, slice, slice]:
-    """Return the slices of ``box``, or raise if it reaches outside ``shape``.
+def check_inside(box: Box, shape: tuple[int, ...], *, what: str = "volume",
+                 origin: tuple[int, ...] = (0, 0, 0)) -> tuple[slice, slice, slice]:
+    """Return the slices of ``box`` relative to ``origin``, or raise if it reaches outside the volume.
+
+    Parameters
+    ----------
+    box : tuple of three (start, stop) pairs
+        In the volume's voxel coordinates.
+    shape : tuple of int
+        The volume's extent, ZYX.
+    what : str
+        Names the volume in messages.
+    origin : tuple of int
+        Coordinates of the volume's first voxel (nonzero where a source has an offset).
 
     Raises
     ------
     BadInputError
-        If any range ends beyond the volume's extent on its axis.
+        If any range starts before the origin or ends beyond the volume's extent on its axis.
     """
-    for axis, (start, stop), size in zip(_AXES, box, shape):
-        if stop > size:
+    for axis, (start, stop), size, first in zip(_AXES, box, shape, origin):
+        if start < first or stop > first + size:
+            extent = f"shape {tuple(shape)}" + (f" starting at {tuple(origin)}" if any(origin) else "")
+            limit = f"exceeds {size}" if not any(origin) else f"is not within {first}:{first + size}"
             raise BadInputError(
-                f"bbox {format_bbox(box)} reaches outside the {what} of shape {tuple(shape)} (ZYX): "
-                f"{axis} range {start}:{stop} exceeds {size}."
+                f"bbox {format_bbox(box)} reaches outside the {what} of {extent} (ZYX): "
+                f"{axis} range {start}:{stop} {limit}."
             )
-    return tuple(slice(start, stop) for start, stop in box)
+    return tuple(slice(start - first, stop - first) for (start, stop), first in zip(box, origin))

@@ -1,42 +1,80 @@
-"""Volume sources: URIs that name an array on disk.
+"""Volume sources: URIs that name an array where the data already lies.
 
-Supported today: ``file://`` URIs (or plain paths) to ``.npy``, ``.npz`` (the array named
-after ``#``, optional when the archive holds one array) and ``.tif``/``.tiff`` stacks.
-A 2D image is read as a one-plane ZYX volume.  ``.npy`` files are memory-mapped, so a
-bounding box reads only its part.
+=====================================================  ==========================================
+URI                                                    what
+=====================================================  ==========================================
+``file:///data/stack.npy`` (or a plain path)           memory-mapped; a box reads only its part
+``file:///data/stack.npz#image``, ``.tif``             read whole
+``file:///data/vol.zarr``, ``...zarr#group/array``     zarr v2 or v3 array (a group's by ``#path``)
+``file:///data/img.ome.zarr?resolution=1``             an OME-Zarr multiscale level (0: finest)
+``file:///data/sample.h5#volumes/raw``                 HDF5 dataset (``.h5``, ``.hdf5``, ``.hdf``)
+``precomputed://file:///data/layer?resolution=1``      Neuroglancer precomputed scale (XYZ on disk);
+                                                       also ``gs://`` and ``s3://`` layers
+=====================================================  ==========================================
+
+Every source is presented in ZYX order whatever its order on disk, a 2D image as one plane.
+Chunked sources (zarr, HDF5, precomputed) read only the chunks the bounding box touches, and
+report their voxel size where their metadata has one (:func:`voxel_size`).  Bounding boxes
+are in the source's voxel coordinates (a precomputed layer's start at its ``voxel_offset``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
 from neuropipe.errors import BadInputError
 from neuropipe.io.bbox import check_inside, parse_bbox
+from neuropipe.io.volume import OpenVolume
 
-SUPPORTED_SUFFIXES = (".npy", ".npz", ".tif", ".tiff")
+SUPPORTED_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".zarr", ".h5", ".hdf5", ".hdf")
+_FORMATS = {".npy": "npy", ".npz": "npz", ".tif": "tif", ".tiff": "tif", ".zarr": "zarr", ".h5": "hdf5",
+            ".hdf5": "hdf5", ".hdf": "hdf5"}
+_PRECOMPUTED = "precomputed://"
+_PRECOMPUTED_STORES = ("file", "gs", "s3", "http", "https")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A parsed source URI: the file, its format and (for ``.npz``) the array name."""
+    """A parsed source URI.
+
+    Attributes
+    ----------
+    uri : str
+    format : {'npy', 'npz', 'tif', 'zarr', 'hdf5', 'precomputed'}
+    path : Path
+        The local file or directory (for a remote precomputed layer, its path part).
+    inner : str or None
+        After ``#``: the array of an ``.npz``, the array path in a zarr group, the HDF5 dataset.
+    resolution : int or None
+        ``?resolution=N``: the level of a multiscale source (0: finest).
+    location : str
+        Where the data lies as a URL (``file:///abs/path``, ``gs://bucket/layer``).
+    """
 
     uri: str
+    format: str
     path: Path
-    suffix: str
-    array: str | None = None
+    inner: str | None = None
+    resolution: int | None = None
+    location: str = ""
+
+    @property
+    def suffix(self) -> str:
+        """str: The file suffix (``''`` for precomputed layers)."""
+        return self.path.suffix.lower() if self.format != "precomputed" else ""
 
 
 def parse_source(uri: str) -> Source:
-    """Parse and check the syntax of a source URI (the file is not opened).
+    """Parse and check the syntax of a source URI (nothing is opened).
 
     Parameters
     ----------
     uri : str
-        ``file:///abs/path.npy``, ``file://relative/path.npz#image``, or a plain path.
+        See the module's table.
 
     Returns
     -------
@@ -45,33 +83,96 @@ def parse_source(uri: str) -> Source:
     Raises
     ------
     BadInputError
-        For an unsupported scheme or file suffix, or an empty path.
+        For an unsupported scheme or file suffix, an empty path, or a bad query.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise BadInputError(f"source must be a non-empty URI string, got {uri!r}.")
-    parts = urlsplit(uri.strip())
-    if parts.scheme in ("", "file"):
-        raw_path = parts.netloc + parts.path if parts.scheme else parts.path
-    else:
+    text = uri.strip()
+    if text.startswith(_PRECOMPUTED):
+        return _parse_precomputed(uri, text[len(_PRECOMPUTED):])
+    parts = urlsplit(text)
+    if parts.scheme not in ("", "file"):
         raise BadInputError(
-            f"source {uri!r} has the unsupported scheme {parts.scheme!r}; use file:// "
-            f"(with a file ending in {', '.join(SUPPORTED_SUFFIXES)})."
+            f"source {uri!r} has the unsupported scheme {parts.scheme!r}; use file:// (with a file ending in "
+            f"{', '.join(SUPPORTED_SUFFIXES)}) or precomputed://."
         )
-    path = Path(unquote(raw_path)).expanduser()
+    raw_path = parts.netloc + parts.path if parts.scheme else parts.path
     if not raw_path:
         raise BadInputError(f"source {uri!r} names no file.")
+    path = Path(unquote(raw_path)).expanduser()
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    if suffix not in _FORMATS:
         raise BadInputError(
             f"source {uri!r}: files ending in {suffix or '(no suffix)'!r} are not supported; "
             f"use one of {', '.join(SUPPORTED_SUFFIXES)}."
         )
-    return Source(uri=uri, path=path, suffix=suffix, array=parts.fragment or None)
+    return Source(uri=uri, format=_FORMATS[suffix], path=path, inner=parts.fragment or None,
+                  resolution=_resolution(uri, parts.query), location=path.absolute().as_uri())
+
+
+def _parse_precomputed(uri: str, rest: str) -> Source:
+    parts = urlsplit(rest)
+    if parts.scheme not in _PRECOMPUTED_STORES:
+        raise BadInputError(f"source {uri!r}: a precomputed layer lies at a file://, gs://, s3:// or https:// URL, "
+                            f"not {parts.scheme or 'a bare path'!r}.")
+    if parts.fragment:
+        raise BadInputError(f"source {uri!r}: precomputed layers take no '#' part.")
+    if parts.scheme == "file":
+        path = Path(unquote(parts.netloc + parts.path)).expanduser().absolute()
+        location = path.as_uri() + "/"
+    else:
+        path = Path(parts.path)
+        location = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
+    if not parts.path.strip("/") and not parts.netloc:
+        raise BadInputError(f"source {uri!r} names no layer.")
+    return Source(uri=uri, format="precomputed", path=path, resolution=_resolution(uri, parts.query),
+                  location=location)
+
+
+def _resolution(uri: str, query: str) -> int | None:
+    fields = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(fields) - {"resolution"})
+    if unknown:
+        raise BadInputError(f"source {uri!r}: unknown query parameter(s) {', '.join(unknown)}; only ?resolution=N.")
+    if "resolution" not in fields:
+        return None
+    value = fields["resolution"][-1]
+    if not value.isdigit():
+        raise BadInputError(f"source {uri!r}: resolution must be a level number 0, 1, ..., got {value!r}.")
+    return int(value)
+
+
+def open_source(uri: str) -> OpenVolume:
+    """Open the volume a source names: shape, dtype, voxel size, and a box reader.
+
+    Raises
+    ------
+    BadInputError
+        If the data is missing, unreadable, not a numeric 2D/3D image, or the level, array
+        or dataset named does not exist.
+    """
+    from neuropipe.io import chunked, files
+
+    source = parse_source(uri)
+    opener = {"zarr": chunked.open_zarr, "hdf5": chunked.open_hdf5,
+              "precomputed": chunked.open_precomputed}.get(source.format, files.open_file)
+    try:
+        return opener(source)
+    except BadInputError:
+        raise
+    except Exception as error:
+        raise BadInputError(f"source {uri!r}: cannot read {source.path} as {source.format}: "
+                            f"{error.__class__.__name__}: {error}") from error
+
+
+def voxel_size(uri: str) -> tuple[float, float, float] | None:
+    """Return the ZYX voxel size in nm from the source's metadata, or None where it has none."""
+    return open_source(uri).voxel_size_nm
 
 
 def volume_shape(uri: str) -> tuple[int, int, int]:
     """Return the ZYX shape of the volume a source names, reading as little as possible."""
-    return tuple(_open(parse_source(uri)).shape)
+    return tuple(open_source(uri).shape)
 
 
 def read_volume(uri: str, bbox: str | None = None) -> np.ndarray:
@@ -82,7 +183,7 @@ def read_volume(uri: str, bbox: str | None = None) -> np.ndarray:
     uri : str
         A source URI (see :func:`parse_source`).
     bbox : str, optional
-        ``"z0:z1,y0:y1,x0:x1"``; default: the whole volume.
+        ``"z0:z1,y0:y1,x0:x1"`` in the source's voxel coordinates; default: the whole volume.
 
     Returns
     -------
@@ -91,71 +192,25 @@ def read_volume(uri: str, bbox: str | None = None) -> np.ndarray:
     Raises
     ------
     BadInputError
-        If the file is missing or unreadable, the array is not 2D/3D numeric, the box is
+        If the source is missing or unreadable, the array is not 2D/3D numeric, the box is
         malformed or outside the volume, the volume is empty, or it holds NaN/inf values.
     """
-    source = parse_source(uri)
-    array = _open(source)
+    volume = open_source(uri)
     if bbox:
-        array = array[check_inside(parse_bbox(bbox), array.shape, what=f"volume {uri}")]
-    volume = np.ascontiguousarray(array)
-    if volume.size == 0:
-        raise BadInputError(f"source {uri!r} holds an empty volume of shape {volume.shape}.")
-    if volume.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(volume)))
-        if bad:
-            raise BadInputError(f"source {uri!r}: {bad} of {volume.size} voxels are NaN or infinite.")
-    return volume
-
-
-def _open(source: Source) -> np.ndarray:
-    if not source.path.is_file():
-        raise BadInputError(f"source {source.uri!r}: file {source.path} does not exist.")
+        slices = check_inside(parse_bbox(bbox), volume.shape, what=f"volume {uri}", origin=volume.origin)
+    else:
+        slices = tuple(slice(0, size) for size in volume.shape)
     try:
-        array = _READERS[source.suffix](source)
+        array = np.ascontiguousarray(volume.read(slices))
     except BadInputError:
         raise
     except Exception as error:
-        raise BadInputError(
-            f"source {source.uri!r}: cannot read {source.path} as {source.suffix}: {error.__class__.__name__}: {error}"
-        ) from error
-    return _as_zyx(array, source.uri)
-
-
-def _read_npy(source: Source) -> np.ndarray:
-    return np.load(source.path, mmap_mode="r", allow_pickle=False)
-
-
-def _read_npz(source: Source) -> np.ndarray:
-    with np.load(source.path, allow_pickle=False) as archive:
-        names = list(archive.files)
-        name = source.array
-        if name is None and len(names) == 1:
-            name = names[0]
-        if name is None:
-            raise BadInputError(
-                f"source {source.uri!r}: the archive holds {len(names)} arrays ({', '.join(names)}); "
-                "name one after '#', e.g. file.npz#image."
-            )
-        if name not in names:
-            raise BadInputError(f"source {source.uri!r}: no array {name!r} in the archive (it has {', '.join(names)}).")
-        return archive[name]
-
-
-def _read_tif(source: Source) -> np.ndarray:
-    import tifffile
-
-    return tifffile.imread(source.path)
-
-
-_READERS = {".npy": _read_npy, ".npz": _read_npz, ".tif": _read_tif, ".tiff": _read_tif}
-
-
-def _as_zyx(array: np.ndarray, uri: str) -> np.ndarray:
-    if array.dtype.kind not in "biuf":
-        raise BadInputError(f"source {uri!r}: dtype {array.dtype} is not a numeric image type.")
-    if array.ndim == 2:
-        array = array[np.newaxis]
-    if array.ndim != 3:
-        raise BadInputError(f"source {uri!r}: expected a 2D or 3D (ZYX) array, got shape {array.shape}.")
+        raise BadInputError(f"source {uri!r}: reading {bbox or 'the volume'} failed: "
+                            f"{error.__class__.__name__}: {error}") from error
+    if array.size == 0:
+        raise BadInputError(f"source {uri!r} holds an empty volume of shape {array.shape}.")
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise BadInputError(f"source {uri!r}: {bad} of {array.size} voxels are NaN or infinite.")
     return array

@@ -53,7 +53,11 @@ def test_plain_and_relative_paths(tmp_path, stack, monkeypatch):
     "uri, message",
     [
         ("s3://bucket/key.npy", "unsupported scheme 's3'"),
-        ("file:///data/volume.h5", "'.h5' are not supported"),
+        ("file:///data/volume.n5", "'.n5' are not supported"),
+        ("file:///data/volume.zarr?level=2", "unknown query parameter.*level"),
+        ("file:///data/volume.zarr?resolution=fine", "resolution must be a level number"),
+        ("precomputed:///data/layer", "file://, gs://, s3://"),
+        ("precomputed://file:///data/layer#x", "take no '#'"),
         ("", "non-empty URI"),
         ("file://", "names no file"),
     ],
@@ -70,7 +74,7 @@ def test_missing_file(tmp_path):
 
 def test_unreadable_file(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"this is not numpy")
-    with pytest.raises(BadInputError, match="cannot read .*junk.npy as .npy"):
+    with pytest.raises(BadInputError, match="cannot read .*junk.npy as npy"):
         read_volume(f"file://{tmp_path}/junk.npy")
 
 
