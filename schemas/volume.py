@@ -6,14 +6,18 @@ arrays into :class:`Volume` and :class:`AnnotationVolume`, which keep them in th
 store (``<npy@neuropipe>``), never in a table blob.
 """
 
+import logging
+
 import numpy as np
 
 from neuropipe import ops
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
-from neuropipe.io import parse_bbox, parse_source, read_volume
+from neuropipe.io import parse_bbox, parse_source, read_volume, voxel_size
 
+logger = logging.getLogger(__name__)
 dj = import_datajoint()
+METADATA_FORMATS = ("zarr", "hdf5", "precomputed")  # sources whose metadata may hold a voxel size
 schema = dj.Schema()
 
 
@@ -21,6 +25,26 @@ def _check_source(row: dict) -> None:
     parse_source(row["source"])
     if row.get("bbox"):
         parse_bbox(row["bbox"])
+
+
+def _with_voxel_size(row: dict) -> dict:
+    """Return ``row`` with the voxel size of its source's metadata where the row gives none.
+
+    A source that cannot be opened here (a path only the workers see) keeps the defaults;
+    its workers report the real problem in the job table.
+    """
+    names = ("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
+    if any(name in row for name in names) or "source" not in row:
+        return row
+    _check_source(row)
+    if parse_source(row["source"]).format not in METADATA_FORMATS:
+        return row
+    try:
+        sizes = voxel_size(row["source"])
+    except BadInputError as error:
+        logger.info("voxel size of %s not read from its source: %s", row.get("dataset"), error)
+        return row
+    return {**row, **dict(zip(names, sizes))} if sizes else row
 
 
 class _CheckedInsert:
@@ -44,13 +68,23 @@ class Dataset(_CheckedInsert, dj.Manual):
     dataset : str
         Short unique name.
     source : str
-        Where the image lies: ``file:///path/stack.tif``, ``file://x.npz#image``, ...
+        Where the image lies: ``file:///path/stack.tif``, ``file://x.npz#image``,
+        ``file:///data/img.ome.zarr?resolution=1``, ``file:///data/s.h5#volumes/raw``,
+        ``precomputed://gs://bucket/layer`` (see :mod:`neuropipe.io.sources`).
     bbox : str or None
-        ``"z0:z1,y0:y1,x0:x1"`` (half-open, ZYX voxels) to cut out; None takes everything.
+        ``"z0:z1,y0:y1,x0:x1"`` (half-open, ZYX voxels, in the source's coordinates) to cut
+        out; None takes everything.  Only this part of a chunked source is ever read.
     voxel_z_nm, voxel_y_nm, voxel_x_nm : float
-        Voxel size in nanometres.
+        Voxel size in nanometres.  Left out at insert, it is taken from the source's
+        metadata where it has one (OME-Zarr, precomputed, HDF5 ``resolution``), else 1.
     description : str
     """
+
+    def insert(self, rows, **kwargs):
+        """Insert rows, filling voxel sizes they leave out from their sources' metadata."""
+        if isinstance(rows, (list, tuple)):
+            rows = [_with_voxel_size(row) if isinstance(row, dict) else row for row in rows]
+        super().insert(rows, **kwargs)
 
     definition = """
     dataset : varchar(64)                 # short unique name

@@ -5,8 +5,8 @@ import json
 import h5py
 import numpy as np
 import pytest
-import tensorstore
 import zarr
+from volume_files import write_precomputed
 
 from neuropipe.errors import BadInputError
 from neuropipe.io import read_volume, volume_shape, voxel_size
@@ -18,18 +18,6 @@ BOX_SLICES = (slice(1, 3), slice(2, 5), slice(3, 9))
 @pytest.fixture
 def stack():
     return np.random.default_rng(0).integers(0, 60000, size=(6, 10, 12), dtype=np.uint16)
-
-
-def write_precomputed(path, volume_zyx, *, offset_xyz=(0, 0, 0), resolution_xyz=(4, 4, 40), chunk_xyz=(4, 4, 2)):
-    """Write a ZYX volume as a one-scale precomputed layer (XYZ + channel on disk)."""
-    x, y, z = volume_zyx.shape[::-1]
-    spec = {"driver": "neuroglancer_precomputed", "kvstore": f"file://{path}/",
-            "multiscale_metadata": {"type": "image", "data_type": volume_zyx.dtype.name, "num_channels": 1},
-            "scale_metadata": {"size": [x, y, z], "voxel_offset": list(offset_xyz), "resolution": list(resolution_xyz),
-                               "encoding": "raw", "chunk_size": list(chunk_xyz)}}
-    store = tensorstore.open(spec, create=True, delete_existing=True).result()
-    store[..., 0].write(np.transpose(volume_zyx, (2, 1, 0))).result()
-    return f"precomputed://file://{path}"
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -74,7 +74,8 @@ def test_bad_input_is_recorded_in_the_job_table(pipeline, stack, tmp_path, sourc
     "row, message",
     [
         (dict(source="bossdb://lab/coll/chan"), "unsupported scheme 'bossdb'"),
-        (dict(source="file:///data/x.h5"), "'.h5' are not supported"),
+        (dict(source="file:///data/x.n5"), "'.n5' are not supported"),
+        (dict(source="file:///data/x.zarr?level=1"), "unknown query parameter"),
         (dict(source="file:///data/x.npy", bbox="0:10,0:10"), "three ranges"),
     ],
 )
@@ -94,3 +95,28 @@ def test_annotation_of_another_shape_is_an_error(pipeline, stack):
     assert len(volume.AnnotationVolume()) == 0 and len(volume.AnnotationVolume.Cell()) == 0
     message = (volume.AnnotationVolume().jobs & {"dataset": "d"}).fetch1("error_message")
     assert "has shape (2, 32, 40), the volume (6, 32, 40)" in message
+
+
+def test_chunked_sources_import_only_their_box_with_the_voxel_size_of_their_metadata(pipeline, tmp_path):
+    import zarr
+    from volume_files import write_precomputed
+
+    image = np.random.default_rng(1).integers(1, 255, size=(8, 40, 48), dtype=np.uint8)
+    group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
+    group.create_array("0", data=image, chunks=(4, 16, 16))
+    group.attrs["ome"] = {"multiscales": [{"version": "0.5", "axes": [
+        {"name": name, "type": "space", "unit": "micrometer"} for name in "zyx"], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.03, 0.006, 0.006]}]}]}]}
+    layer = write_precomputed(tmp_path / "layer", image, offset_xyz=(1000, 2000, 30), chunk_xyz=(16, 16, 4))
+    volume = pipeline.volume
+    volume.Dataset.insert([dict(dataset="ome", source=f"file://{tmp_path}/img.ome.zarr", bbox="2:6,8:40,0:24"),
+                           dict(dataset="layer", source=layer, bbox="32:36,2008:2040,1000:1024"),
+                           dict(dataset="given", source=layer, bbox=None, voxel_z_nm=45.0, voxel_y_nm=5.0, voxel_x_nm=5.0)])
+    assert (volume.Dataset & {"dataset": "ome"}).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm") == \
+        pytest.approx((30.0, 6.0, 6.0))
+    assert (volume.Dataset & {"dataset": "layer"}).fetch1("voxel_z_nm", "voxel_x_nm") == (40.0, 4.0)
+    assert (volume.Dataset & {"dataset": "given"}).fetch1("voxel_z_nm") == 45.0
+    drain(volume)
+    for name in ("ome", "layer"):
+        np.testing.assert_array_equal(np.asarray((volume.Volume & {"dataset": name}).fetch1("image")),
+                                      image[2:6, 8:40, 0:24], err_msg=name)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import toy_pipeline
+
 from neuropipe import registry
 from neuropipe.database import connect, import_datajoint
 
