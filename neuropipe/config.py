@@ -7,7 +7,8 @@ neuropipe reads its settings in this order, later sources winning:
    first ``dj_local_conf.json`` found in the current directory or one of its parents
    (DataJoint 2 no longer reads this file itself, so neuropipe does);
 3. environment variables: ``DJ_HOST``, ``DJ_PORT``, ``DJ_USER``, ``DJ_PASS``, ``DJ_BACKEND``
-   (as DataJoint 2 defines them), ``NEUROPIPE_SCHEMA_PREFIX`` and ``NEUROPIPE_STORE``.
+   (as DataJoint 2 defines them), ``NEUROPIPE_SCHEMA_PREFIX``, ``NEUROPIPE_STORE`` and
+   ``NEUROPIPE_BOSS_HOST``/``_PROTOCOL``/``_TOKEN`` (the Boss API of ``bossdb://`` sources).
 
 An empty or null ``database.host`` means "no server configured": neuropipe then starts its
 embedded PostgreSQL (see :mod:`neuropipe.embedded`).  Keys of the file that neuropipe does
@@ -35,6 +36,9 @@ _ENVIRONMENT = {
     "DJ_BACKEND": "backend",
     "NEUROPIPE_SCHEMA_PREFIX": "schema_prefix",
     "NEUROPIPE_STORE": "store",
+    "NEUROPIPE_BOSS_HOST": "boss_host",
+    "NEUROPIPE_BOSS_PROTOCOL": "boss_protocol",
+    "NEUROPIPE_BOSS_TOKEN": "boss_token",
 }
 _FILE_KEYS = {
     "database.host": "host",
@@ -44,6 +48,9 @@ _FILE_KEYS = {
     "database.backend": "backend",
     "neuropipe.schema_prefix": "schema_prefix",
     "neuropipe.store": "store",
+    "boss.host": "boss_host",
+    "boss.protocol": "boss_protocol",
+    "boss.token": "boss_token",
 }
 
 
@@ -87,6 +94,11 @@ class Settings:
         The configuration file that was read, if any.
     datajoint : dict
         Further ``datajoint.config`` keys taken from the file.
+    boss_host, boss_protocol, boss_token : str or None
+        The Boss API server ``bossdb://`` sources are read from (e.g. ``api.bossdb.io``,
+        ``https``) and its token; with no host, intern's own configuration is used
+        (``~/.intern/intern.cfg`` or ``INTERN_PROTOCOL``/``INTERN_HOST``/``INTERN_TOKEN``).
+        The token is never shown (not in ``repr``, logs or errors).
     """
 
     host: str | None = None
@@ -98,6 +110,9 @@ class Settings:
     store: Path = field(default_factory=lambda: data_home() / "store")
     source: Path | None = None
     datajoint: dict = field(default_factory=dict)
+    boss_host: str | None = None
+    boss_protocol: str = "https"
+    boss_token: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:

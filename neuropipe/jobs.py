@@ -260,6 +260,12 @@ class JobQueue:
         ------
         BaseException
             Whatever ``make()`` raised, after the transaction was rolled back.
+
+        Notes
+        -----
+        The key stays held (see :class:`Holdings`) until the caller calls :meth:`forget`,
+        after it has recorded a failure: the heartbeat must not hand back a job that is
+        about to be re-queued with backoff or marked ``error``.
         """
         table = self.table()
         start = time.time()
@@ -282,8 +288,6 @@ class JobQueue:
         except BaseException:
             self._rollback()
             raise
-        finally:
-            self.forget([key])
         return outcome
 
     def fail(self, key: dict, error: BaseException, *, max_retries: int, backoff: float = 2.0) -> str:

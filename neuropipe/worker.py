@@ -351,6 +351,7 @@ class Worker:
             tally.skipped += outcome == "skipped"
             logger.info("%s %s %s in %.1f s", queue.name, key, outcome, time.perf_counter() - start)
         finally:
+            queue.forget([key])
             tally.seconds += time.perf_counter() - start
             self._heartbeat.current = ("", None)
 

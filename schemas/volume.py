@@ -13,11 +13,12 @@ import numpy as np
 from neuropipe import ops
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
+from neuropipe.failures import TransientError
 from neuropipe.io import parse_bbox, parse_source, read_volume, voxel_size
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
-METADATA_FORMATS = ("zarr", "hdf5", "precomputed")  # sources whose metadata may hold a voxel size
+METADATA_FORMATS = ("zarr", "hdf5", "precomputed", "bossdb")  # sources whose metadata may hold a voxel size
 schema = dj.Schema()
 
 
@@ -41,7 +42,7 @@ def _with_voxel_size(row: dict) -> dict:
         return row
     try:
         sizes = voxel_size(row["source"])
-    except BadInputError as error:
+    except (BadInputError, TransientError) as error:
         logger.info("voxel size of %s not read from its source: %s", row.get("dataset"), error)
         return row
     return {**row, **dict(zip(names, sizes))} if sizes else row

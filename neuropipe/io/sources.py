@@ -10,6 +10,8 @@ URI                                                    what
 ``file:///data/sample.h5#volumes/raw``                 HDF5 dataset (``.h5``, ``.hdf5``, ``.hdf``)
 ``precomputed://file:///data/layer?resolution=1``      Neuroglancer precomputed scale (XYZ on disk);
                                                        also ``gs://`` and ``s3://`` layers
+``bossdb://collection/experiment/channel``             a BossDB channel through intern
+                                                       (``?resolution=N``; see :mod:`.boss`)
 =====================================================  ==========================================
 
 Every source is presented in ZYX order whatever its order on disk, a 2D image as one plane.
@@ -27,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from neuropipe.errors import BadInputError
+from neuropipe.failures import TransientError
 from neuropipe.io.bbox import check_inside, parse_bbox
 from neuropipe.io.volume import OpenVolume
 
@@ -44,15 +47,17 @@ class Source:
     Attributes
     ----------
     uri : str
-    format : {'npy', 'npz', 'tif', 'zarr', 'hdf5', 'precomputed'}
+    format : {'npy', 'npz', 'tif', 'zarr', 'hdf5', 'precomputed', 'bossdb'}
     path : Path
-        The local file or directory (for a remote precomputed layer, its path part).
+        The local file or directory (for a remote precomputed layer, its path part; for a
+        Boss channel, ``collection/experiment/channel``).
     inner : str or None
         After ``#``: the array of an ``.npz``, the array path in a zarr group, the HDF5 dataset.
     resolution : int or None
         ``?resolution=N``: the level of a multiscale source (0: finest).
     location : str
-        Where the data lies as a URL (``file:///abs/path``, ``gs://bucket/layer``).
+        Where the data lies as a URL (``file:///abs/path``, ``gs://bucket/layer``,
+        ``bossdb://coll/exp/chan``).
     """
 
     uri: str
@@ -91,10 +96,12 @@ def parse_source(uri: str) -> Source:
     if text.startswith(_PRECOMPUTED):
         return _parse_precomputed(uri, text[len(_PRECOMPUTED):])
     parts = urlsplit(text)
+    if parts.scheme == "bossdb":
+        return _parse_boss(uri, parts)
     if parts.scheme not in ("", "file"):
         raise BadInputError(
             f"source {uri!r} has the unsupported scheme {parts.scheme!r}; use file:// (with a file ending in "
-            f"{', '.join(SUPPORTED_SUFFIXES)}) or precomputed://."
+            f"{', '.join(SUPPORTED_SUFFIXES)}), precomputed:// or bossdb://."
         )
     raw_path = parts.netloc + parts.path if parts.scheme else parts.path
     if not raw_path:
@@ -129,6 +136,16 @@ def _parse_precomputed(uri: str, rest: str) -> Source:
                   location=location)
 
 
+def _parse_boss(uri: str, parts) -> Source:
+    names = [parts.netloc, *parts.path.strip("/").split("/")] if parts.path.strip("/") else [parts.netloc]
+    if len(names) != 3 or not all(names):
+        raise BadInputError(f"source {uri!r}: a Boss channel is bossdb://collection/experiment/channel.")
+    if parts.fragment:
+        raise BadInputError(f"source {uri!r}: Boss channels take no '#' part.")
+    return Source(uri=uri, format="bossdb", path=Path(*names), resolution=_resolution(uri, parts.query),
+                  location="bossdb://" + "/".join(names))
+
+
 def _resolution(uri: str, query: str) -> int | None:
     fields = parse_qs(query, keep_blank_values=True)
     unknown = sorted(set(fields) - {"resolution"})
@@ -151,14 +168,14 @@ def open_source(uri: str) -> OpenVolume:
         If the data is missing, unreadable, not a numeric 2D/3D image, or the level, array
         or dataset named does not exist.
     """
-    from neuropipe.io import chunked, files
+    from neuropipe.io import boss, chunked, files
 
     source = parse_source(uri)
-    opener = {"zarr": chunked.open_zarr, "hdf5": chunked.open_hdf5,
-              "precomputed": chunked.open_precomputed}.get(source.format, files.open_file)
+    opener = {"zarr": chunked.open_zarr, "hdf5": chunked.open_hdf5, "precomputed": chunked.open_precomputed,
+              "bossdb": boss.open_boss}.get(source.format, files.open_file)
     try:
         return opener(source)
-    except BadInputError:
+    except (BadInputError, TransientError):
         raise
     except Exception as error:
         raise BadInputError(f"source {uri!r}: cannot read {source.path} as {source.format}: "
@@ -202,7 +219,7 @@ def read_volume(uri: str, bbox: str | None = None) -> np.ndarray:
         slices = tuple(slice(0, size) for size in volume.shape)
     try:
         array = np.ascontiguousarray(volume.read(slices))
-    except BadInputError:
+    except (BadInputError, TransientError):
         raise
     except Exception as error:
         raise BadInputError(f"source {uri!r}: reading {bbox or 'the volume'} failed: "

@@ -73,7 +73,8 @@ def test_bad_input_is_recorded_in_the_job_table(pipeline, stack, tmp_path, sourc
 @pytest.mark.parametrize(
     "row, message",
     [
-        (dict(source="bossdb://lab/coll/chan"), "unsupported scheme 'bossdb'"),
+        (dict(source="bossdb://lab/coll"), "bossdb://collection/experiment/channel"),
+        (dict(source="gs://bucket/volume.zarr"), "unsupported scheme 'gs'"),
         (dict(source="file:///data/x.n5"), "'.n5' are not supported"),
         (dict(source="file:///data/x.zarr?level=1"), "unknown query parameter"),
         (dict(source="file:///data/x.npy", bbox="0:10,0:10"), "three ranges"),

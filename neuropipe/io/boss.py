@@ -1,0 +1,181 @@
+"""BossDB channels through intern: ``bossdb://collection/experiment/channel[?resolution=N]``.
+
+The server and token come from neuropipe's settings (``boss.host``, ``boss.protocol``,
+``boss.token`` in ``dj_local_conf.json``, or ``NEUROPIPE_BOSS_*``), else from intern's own
+configuration.  The token is never written to a log, an error or a job row.
+
+A box is fetched in blocks aligned to the Boss cuboids (512 x 512 x 16 voxels, XYZ), several
+at a time in threads (intern's own parallel download forks processes, which a worker holding
+a database connection must not do), each block retried with backoff on transient network
+errors (a dropped connection, HTTP 5xx or 429); long pulls log their progress.  The Boss
+indexes X, Y, Z; ``get_cutout`` returns ZYX, which is what neuropipe presents.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import product
+
+import numpy as np
+
+from neuropipe.errors import BadInputError
+from neuropipe.failures import TransientError, backoff_seconds
+from neuropipe.io.volume import OpenVolume, Slices, to_nm
+
+logger = logging.getLogger(__name__)
+
+BLOCK_ZYX = (16, 512, 512)
+THREADS = 4
+ATTEMPTS = 4
+_UNITS = {"nanometers": "nanometer", "micrometers": "micrometer", "millimeters": "millimeter",
+          "centimeters": "centimeter"}
+
+
+def boss_remote():
+    """Return an intern ``BossRemote`` for the configured server (intern's own configuration otherwise)."""
+    from intern.remote.boss import BossRemote
+
+    from neuropipe.config import load_settings
+
+    settings = load_settings()
+    if not settings.boss_host:
+        try:
+            return BossRemote()
+        except Exception as error:
+            raise BadInputError("bossdb:// sources need a Boss server: set boss.host and boss.token in "
+                                "dj_local_conf.json (or NEUROPIPE_BOSS_HOST, NEUROPIPE_BOSS_TOKEN), or configure "
+                                f"intern (~/.intern/intern.cfg). intern said: {error.__class__.__name__}") from None
+    return BossRemote({"protocol": settings.boss_protocol, "host": settings.boss_host,
+                       "token": settings.boss_token or "public"})
+
+
+def open_boss(source, remote=None) -> OpenVolume:
+    """Open a Boss channel at the source's resolution: extent, dtype, voxel size, block reader."""
+    parts = source.path.parts
+    collection, experiment_name, channel_name = parts
+    remote = remote or boss_remote()
+    with _boss_errors(source.uri, remote):
+        channel = remote.get_channel(channel_name, collection, experiment_name)
+        experiment = remote.get_experiment(collection, experiment_name)
+        frame = remote.get_coordinate_frame(experiment.coord_frame)
+    resolution = source.resolution or 0
+    levels = int(experiment.num_hierarchy_levels or 1)
+    if resolution >= levels:
+        raise BadInputError(f"source {source.uri!r}: resolution {resolution} does not exist; the experiment has "
+                            f"levels 0-{levels - 1}.")
+    isotropic = str(experiment.hierarchy_method).lower().startswith("iso")
+    factors = (2 ** resolution if isotropic else 1, 2 ** resolution, 2 ** resolution)  # ZYX
+    starts = (frame.z_start, frame.y_start, frame.x_start)
+    stops = (frame.z_stop, frame.y_stop, frame.x_stop)
+    origin = tuple(int(start) // factor for start, factor in zip(starts, factors))
+    shape = tuple(-(-int(stop) // factor) - first for stop, factor, first in zip(stops, factors, origin))
+    sizes = (frame.voxel_size_z, frame.voxel_size_y, frame.voxel_size_x)
+    voxel = to_nm([size * factor for size, factor in zip(sizes, factors)],
+                  _UNITS.get(str(frame.voxel_unit).lower(), frame.voxel_unit), source.uri)
+
+    def read(slices: Slices) -> np.ndarray:
+        box = [(first + piece.start, first + piece.stop) for first, piece in zip(origin, slices)]
+        return read_cutout(remote, channel, resolution, box, uri=source.uri)
+
+    return OpenVolume(source.uri, shape, np.dtype(channel.datatype), read, origin=origin, voxel_size_nm=voxel)
+
+
+def read_cutout(remote, channel, resolution: int, box, *, uri: str, block=BLOCK_ZYX, threads: int = THREADS):
+    """Fetch the ZYX ``box`` ((start, stop) per axis, Boss coordinates) block by block, in parallel.
+
+    Returns
+    -------
+    ndarray
+        ZYX, the channel's dtype.
+
+    Raises
+    ------
+    BadInputError
+        For answers that another try would not change (400, 403, 404).
+    TransientError
+        When a block still fails after :data:`ATTEMPTS` tries (the worker retries the job).
+    """
+    blocks = _blocks(box, block)
+    out = np.empty(tuple(stop - start for start, stop in box), dtype=np.dtype(channel.datatype))
+    done, step = 0, max(1, len(blocks) // 10)
+
+    def fetch(piece):
+        (z0, z1), (y0, y1), (x0, x1) = piece
+        data = _with_retries(lambda: remote.get_cutout(channel, resolution, [x0, x1], [y0, y1], [z0, z1],
+                                                       parallel=False), uri, remote)
+        out[z0 - box[0][0]:z1 - box[0][0], y0 - box[1][0]:y1 - box[1][0], x0 - box[2][0]:x1 - box[2][0]] = data
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(blocks)))) as pool:
+        for _ in pool.map(fetch, blocks):
+            done += 1
+            if len(blocks) >= 10 and done % step == 0:
+                logger.info("%s: %d of %d blocks (%.0f MB in %.1f s)", uri, done, len(blocks),
+                            out.nbytes * done / len(blocks) / 1e6, time.monotonic() - start)
+    return out
+
+
+def _blocks(box, block) -> list:
+    """Split a ZYX box into pieces aligned to the ``block`` grid."""
+    edges = []
+    for (start, stop), size in zip(box, block):
+        cuts = [start] + list(range((start // size + 1) * size, stop, size)) + [stop]
+        edges.append(list(zip(cuts[:-1], cuts[1:])))
+    return list(product(*edges))
+
+
+def _with_retries(call, uri: str, remote):
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as error:
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            transient = status is None or status >= 500 or status == 429
+            if not transient:
+                raise _described(uri, error, status, remote) from None
+            if attempt == ATTEMPTS:
+                raise TransientError(f"source {uri!r}: the Boss server failed {ATTEMPTS} times in a row: "
+                                     f"{_scrub(error, remote)}") from None
+            wait = backoff_seconds(attempt, base=0.5, cap=10.0)
+            logger.warning("%s: block failed (%s); try %d of %d in %.1f s", uri, _scrub(error, remote), attempt + 1,
+                           ATTEMPTS, wait)
+            time.sleep(wait)
+
+
+class _boss_errors:
+    """Turn intern's HTTP errors on metadata calls into errors that name the problem."""
+
+    def __init__(self, uri: str, remote):
+        self.uri, self.remote = uri, remote
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or isinstance(error, BadInputError):
+            return False
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status is None:
+            raise TransientError(f"source {self.uri!r}: cannot reach the Boss server: "
+                                 f"{_scrub(error, self.remote)}") from None
+        raise _described(self.uri, error, status, self.remote) from None
+
+
+def _described(uri: str, error: Exception, status, remote) -> Exception:
+    if status == 404:
+        return BadInputError(f"source {uri!r}: no such collection, experiment or channel on the Boss server (404).")
+    if status in (401, 403):
+        return BadInputError(f"source {uri!r}: the Boss server refused access ({status}); check boss.token "
+                             "(NEUROPIPE_BOSS_TOKEN) and the channel's permissions.")
+    if status is not None and status >= 500:
+        return TransientError(f"source {uri!r}: the Boss server failed ({status}): {_scrub(error, remote)}")
+    return BadInputError(f"source {uri!r}: the Boss server answered {status}: {_scrub(error, remote)}")
+
+
+def _scrub(error: Exception, remote) -> str:
+    """Describe ``error`` on one line without the token."""
+    text = " ".join(f"{error.__class__.__name__}: {error}".split())
+    token = getattr(remote, "_token_volume", None) or getattr(remote, "_token_project", None)
+    return text.replace(token, "***") if token else text
