@@ -71,7 +71,7 @@ def open_boss(source, remote=None) -> OpenVolume:
     stops = (frame.z_stop, frame.y_stop, frame.x_stop)
     origin = tuple(int(start) // factor for start, factor in zip(starts, factors))
     shape = tuple(-(-int(stop) // factor) - first for stop, factor, first in zip(stops, factors, origin))
-    sizes = (frame.voxel_size_z, frame.voxel_size_y, frame.voxel_size_x)
+    sizes = (frame.z_voxel_size, frame.y_voxel_size, frame.x_voxel_size)
     voxel = to_nm([size * factor for size, factor in zip(sizes, factors)],
                   _UNITS.get(str(frame.voxel_unit).lower(), frame.voxel_unit), source.uri)
 
@@ -82,8 +82,10 @@ def open_boss(source, remote=None) -> OpenVolume:
     return OpenVolume(source.uri, shape, np.dtype(channel.datatype), read, origin=origin, voxel_size_nm=voxel)
 
 
-def read_cutout(remote, channel, resolution: int, box, *, uri: str, block=BLOCK_ZYX, threads: int = THREADS):
+def read_cutout(remote, channel, resolution: int, box, *, uri: str, block=None, threads: int | None = None):
     """Fetch the ZYX ``box`` ((start, stop) per axis, Boss coordinates) block by block, in parallel.
+
+    ``block`` (ZYX) and ``threads`` default to :data:`BLOCK_ZYX` and :data:`THREADS`.
 
     Returns
     -------
@@ -97,7 +99,8 @@ def read_cutout(remote, channel, resolution: int, box, *, uri: str, block=BLOCK_
     TransientError
         When a block still fails after :data:`ATTEMPTS` tries (the worker retries the job).
     """
-    blocks = _blocks(box, block)
+    blocks = _blocks(box, block or BLOCK_ZYX)
+    threads = threads or THREADS
     out = np.empty(tuple(stop - start for start, stop in box), dtype=np.dtype(channel.datatype))
     done, step = 0, max(1, len(blocks) // 10)
 

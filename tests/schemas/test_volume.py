@@ -121,3 +121,24 @@ def test_chunked_sources_import_only_their_box_with_the_voxel_size_of_their_meta
     for name in ("ome", "layer"):
         np.testing.assert_array_equal(np.asarray((volume.Volume & {"dataset": name}).fetch1("image")),
                                       image[2:6, 8:40, 0:24], err_msg=name)
+
+
+def test_a_boss_channel_is_imported_with_its_voxel_size(pipeline, monkeypatch):
+    from boss_server import BossServer
+
+    image = np.random.default_rng(2).integers(1, 255, size=(6, 30, 40), dtype=np.uint8)
+    with BossServer() as server:
+        monkeypatch.setenv("NEUROPIPE_BOSS_HOST", server.host)
+        monkeypatch.setenv("NEUROPIPE_BOSS_PROTOCOL", "http")
+        monkeypatch.setenv("NEUROPIPE_BOSS_TOKEN", server.token)
+        server.add_channel("lab", "exp", "em", image, voxel_size=(40, 4, 4), offset_zyx=(10, 0, 0))
+        volume = pipeline.volume
+        volume.Dataset.insert1(dict(dataset="boss", source="bossdb://lab/exp/em", bbox="11:15,5:25,0:40"))
+        volume.Dataset.insert1(dict(dataset="missing", source="bossdb://lab/exp/nope"))
+        assert (volume.Dataset & {"dataset": "boss"}).fetch1("voxel_z_nm", "voxel_x_nm") == (40.0, 4.0)
+        drain(volume)
+    np.testing.assert_array_equal(np.asarray((volume.Volume & {"dataset": "boss"}).fetch1("image")),
+                                  image[1:5, 5:25])
+    error = (volume.Volume().jobs & {"dataset": "missing"}).fetch1()
+    assert error["status"] == "error" and "no such collection, experiment or channel" in error["error_message"]
+    assert server.token not in error["error_message"] + error["error_stack"]
