@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--memory-gb", type=float, help="memory this worker offers (default: the host's)")
     worker.set_defaults(command=_worker)
 
+    watch = commands.add_parser("watch", help="register new volumes in a folder or Boss collection as datasets")
+    watch.add_argument("target", help="a folder, or bossdb://collection")
+    watch.add_argument("--every", type=float, default=60.0, help="seconds between scans (default 60)")
+    watch.add_argument("--once", action="store_true", help="scan once and exit")
+    watch.add_argument("--settle", type=float, default=10.0,
+                       help="take files unchanged for this many seconds (default 10): not half-written")
+    watch.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                       help="voxel size in nm for sources whose metadata has none (default 1 1 1)")
+    watch.set_defaults(command=_watch)
+
     status = commands.add_parser("status", help="per table: done, pending, running, error; live workers")
     _add_pipeline_options(status)
     status.set_defaults(command=_status)
@@ -168,6 +178,22 @@ def _child_argv(args) -> list[str]:
         if value is not None:
             argv.append(f"--{option.replace('_', '-')}={value}")
     return argv
+
+
+def _watch(args) -> int:
+    from neuropipe.database import connect
+    from neuropipe.watch import watch
+    from neuropipe.worker import load_pipeline
+
+    settings = load_settings()
+    connect(settings)
+    (schemas,) = load_pipeline(["schemas"], prefix=settings.schema_prefix)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    names = watch(args.target, schemas.volume.Dataset, every=args.every, once=args.once, settle=args.settle,
+                  voxel_size=args.voxel_size, stop=lambda: bool(stopping))
+    print(f"registered {len(names)} dataset(s)" + (f": {', '.join(names)}" if names else ""))
+    return 0
 
 
 def _status(args) -> int:
