@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--labels", help="expert labels URI, e.g. file:///data/stack.npz#membrane")
     demo.add_argument("--labels-kind", choices=("membrane", "cells"), default="membrane")
     demo.add_argument("--name", help="dataset name prefix (default: the source file's stem)")
-    demo.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), default=(1.0, 1.0, 1.0),
-                      help="voxel size in nm, ZYX")
+    demo.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                      help="voxel size in nm, ZYX (default: the source's metadata, else 1 1 1)")
     demo.add_argument("--train-fraction", type=float, default=2 / 3,
                       help="fraction of z planes to train on; the rest are held out (default 2/3)")
     demo.add_argument("--minutes", type=float, help="training time budget (default: 0.5 sample, 2 real data)")

@@ -17,7 +17,7 @@ import numpy as np
 from neuropipe import ops, registry
 from neuropipe.config import Settings, data_home
 from neuropipe.database import connect
-from neuropipe.io import format_bbox, parse_source, volume_shape
+from neuropipe.io import format_bbox, open_source, parse_source
 from neuropipe.worker import pipeline_tables, run_worker
 
 SAMPLE_SHAPE = (24, 128, 128)
@@ -73,7 +73,7 @@ def sample_plan(folder: Path | None = None, *, seed: int = 0, minutes: float = 0
 
 
 def source_plan(source: str, labels: str | None, *, name: str | None = None, train_fraction: float = 2 / 3,
-                voxel_size=(1.0, 1.0, 1.0), labels_kind: str = "membrane", minutes: float = 2.0,
+                voxel_size=None, labels_kind: str = "membrane", minutes: float = 2.0,
                 iterations: int = 100_000) -> Plan:
     """Return the plan for a real volume: its first planes train, the rest evaluate.
 
@@ -85,20 +85,21 @@ def source_plan(source: str, labels: str | None, *, name: str | None = None, tra
         Dataset name prefix. Default: the source file's stem.
     train_fraction : float, optional
         Fraction of the z planes used for training. Default 2/3 (ISBI 2012: 20 of 30).
-    voxel_size : tuple of float
-        ZYX voxel size in nm.
+    voxel_size : tuple of float, optional
+        ZYX voxel size in nm. Default: the source's metadata where it has one, else 1.
     labels_kind : {'membrane', 'cells'}
     minutes, iterations : float, int
         Training budget: training stops at whichever comes first.
     """
-    depth, height, width = volume_shape(source)
+    volume = open_source(source)
+    (depth, height, width), (z0, y0, x0) = volume.shape, volume.origin  # boxes are in the source's coordinates
     name = name or parse_source(source).path.stem
     split = max(1, min(depth - 1, round(depth * train_fraction)))
-    parts = (("train", (0, split), "train"), ("eval", (split, depth), "evaluate"))
-    voxel = dict(zip(("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"), map(float, voxel_size)))
+    parts = (("train", (z0, z0 + split), "train"), ("eval", (z0 + split, z0 + depth), "evaluate"))
+    voxel = dict(zip(("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"), map(float, voxel_size))) if voxel_size else {}
     datasets, annotations = [], []
     for suffix, planes, purpose in parts:
-        bbox = format_bbox((planes, (0, height), (0, width)))
+        bbox = format_bbox((planes, (y0, y0 + height), (x0, x0 + width)))
         datasets.append(dict(dataset=f"{name}_{suffix}", source=source, bbox=bbox, **voxel))
         if labels:
             annotations.append(dict(dataset=f"{name}_{suffix}", kind=labels_kind, purpose=purpose,

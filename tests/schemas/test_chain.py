@@ -68,3 +68,27 @@ def test_isbi_2012_end_to_end(pipeline, settings, isbi_path):
     assert len(cells) > 500  # neurite cross-sections, labelled plane by plane
     detection = {row["dataset"]: row for row in results["detection"]}["isbi_eval"]
     assert detection["f1"] > 0.5, detection
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
+def test_isbi_2012_end_to_end_from_a_boss_server(pipeline, settings, isbi_path, monkeypatch):
+    """The demo's chain with its image and labels pulled from Boss channels through intern."""
+    from boss_server import BossServer
+
+    data = np.load(isbi_path)
+    with BossServer() as server:
+        for variable, value in {"NEUROPIPE_BOSS_HOST": server.host, "NEUROPIPE_BOSS_PROTOCOL": "http",
+                                "NEUROPIPE_BOSS_TOKEN": server.token}.items():
+            monkeypatch.setenv(variable, value)
+        for channel, array in (("em", data["image"][:12]), ("membrane", data["membrane"][:12].astype(np.uint8))):
+            server.add_channel("isbi", "train", channel, array, voxel_size=(50, 4, 4), offset_zyx=(100, 0, 0))
+        plan = demo.source_plan("bossdb://isbi/train/em", "bossdb://isbi/train/membrane", name="boss",
+                                minutes=0.5, iterations=40)
+        results = demo.run_demo(plan, settings, connection=pipeline.volume.schema.connection)
+    assert results["failed"] == {} and set(results["rows"]) == set(TABLES)
+    volume = pipeline.volume
+    assert (volume.Dataset & {"dataset": "boss_eval"}).fetch1("bbox", "voxel_z_nm") == ("108:112,0:512,0:512", 50.0)
+    np.testing.assert_array_equal(np.asarray((volume.Volume & {"dataset": "boss_eval"}).fetch1("image")),
+                                  data["image"][8:12])
+    assert server.cutout_requests >= 4  # image and labels of both parts, each pulled from the server
