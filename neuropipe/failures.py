@@ -29,6 +29,11 @@ TRANSIENT_NAMES = frozenset({
 })
 
 
+# Words of server answers that no retry changes, whatever the exception's class says
+# (pymysql and psycopg2 raise OperationalError for a wrong password too).
+PERMANENT_TEXT = ("access denied", "authentication failed", "permission denied")
+
+
 class TransientError(Exception):
     """Raise from a ``make()`` to ask for another attempt later (e.g. a busy service)."""
 
@@ -47,6 +52,8 @@ def is_transient(error: BaseException, table=None) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if any(text in str(error).lower() for text in PERMANENT_TEXT):
+            return False
         if isinstance(error, extra) or any(cls.__name__ in TRANSIENT_NAMES for cls in type(error).__mro__):
             return True
         if "out of memory" in str(error).lower() and "cuda" in str(error).lower():
