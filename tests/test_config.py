@@ -8,7 +8,8 @@ from neuropipe.config import find_config_file, load_settings
 from neuropipe.errors import ConfigurationError
 
 ENVIRONMENT = ("DJ_HOST", "DJ_PORT", "DJ_USER", "DJ_PASS", "DJ_BACKEND", "NEUROPIPE_CONFIG",
-               "NEUROPIPE_SCHEMA_PREFIX", "NEUROPIPE_STORE")
+               "NEUROPIPE_SCHEMA_PREFIX", "NEUROPIPE_STORE", "NEUROPIPE_BOSS_HOST", "NEUROPIPE_BOSS_PROTOCOL",
+               "NEUROPIPE_BOSS_TOKEN")
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +82,14 @@ def test_the_checked_in_file_configures_the_embedded_server():
 
     settings = load_settings(Path(__file__).resolve().parents[1] / "dj_local_conf.json")
     assert settings.embedded and settings.backend == "postgresql"
+
+
+def test_boss_settings_come_from_the_file_and_the_environment_and_hide_the_token(tmp_path, monkeypatch):
+    path = write_config(tmp_path, **{"boss.host": "api.bossdb.io", "boss.token": "file-token"})
+    settings = load_settings(path)
+    assert (settings.boss_host, settings.boss_protocol, settings.boss_token) == ("api.bossdb.io", "https", "file-token")
+    monkeypatch.setenv("NEUROPIPE_BOSS_TOKEN", "environment-token")
+    monkeypatch.setenv("NEUROPIPE_BOSS_PROTOCOL", "http")
+    settings = load_settings(path)
+    assert (settings.boss_protocol, settings.boss_token) == ("http", "environment-token")
+    assert "environment-token" not in repr(settings) and "boss.host" not in settings.datajoint
