@@ -40,15 +40,20 @@ class Found:
     source: str
 
 
-def scan(target: str, *, settle: float = 10.0) -> list[Found]:
-    """List the readable volumes at ``target`` (a folder or ``bossdb://collection``) that have settled."""
+def scan(target: str, *, settle: float = 10.0, known=frozenset()) -> list[Found]:
+    """List the readable volumes at ``target`` (a folder or ``bossdb://collection``) that have settled.
+
+    Sources in ``known`` (registered already) are passed over before their files are looked at.
+    """
     if target.startswith("bossdb://"):
-        return _scan_collection(target)
+        return _scan_collection(target, known)
     root = Path(target.removeprefix("file://")).expanduser().absolute()
     if not root.is_dir():
         raise BadInputError(f"watch: {root} is not a folder (or use bossdb://collection).")
     found = []
     for path in sorted(_candidates(root)):
+        if _source_of(path) in known:
+            continue
         if time.time() - _newest_change(path) < settle:
             logger.info("watch: %s changed in the last %.0f s; next scan", path, settle)
             continue
@@ -64,7 +69,7 @@ def scan(target: str, *, settle: float = 10.0) -> list[Found]:
 
 def register(found: list[Found], dataset_table, *, voxel_size=None) -> list[str]:
     """Insert a ``Dataset`` row for every found volume whose source is not registered; return their names."""
-    known = dict(zip(*dataset_table.to_arrays("source", "dataset"))) if len(dataset_table()) else {}
+    known = registered_sources(dataset_table)
     taken = set(known.values())
     inserted = []
     for item in found:
@@ -83,12 +88,18 @@ def register(found: list[Found], dataset_table, *, voxel_size=None) -> list[str]
     return inserted
 
 
+def registered_sources(dataset_table) -> dict:
+    """Return ``{source: dataset}`` of the rows of ``dataset_table``."""
+    return dict(zip(*dataset_table.to_arrays("source", "dataset"))) if len(dataset_table()) else {}
+
+
 def watch(target: str, dataset_table, *, every: float = 60.0, once: bool = False, settle: float = 10.0,
           voxel_size=None, stop=lambda: False) -> list[str]:
     """Scan ``target`` and register what is new, every ``every`` seconds (once with ``once``); return the names."""
     registered = []
     while True:
-        registered += register(scan(target, settle=settle), dataset_table, voxel_size=voxel_size)
+        found = scan(target, settle=settle, known=set(registered_sources(dataset_table)))
+        registered += register(found, dataset_table, voxel_size=voxel_size)
         deadline = time.monotonic() + every
         while not (once or stop()) and time.monotonic() < deadline:
             time.sleep(min(0.5, every))
@@ -124,7 +135,7 @@ def _name(text: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")[:64] or "volume"
 
 
-def _scan_collection(target: str) -> list[Found]:
+def _scan_collection(target: str, known) -> list[Found]:
     from neuropipe.io.boss import boss_remote
 
     collection = target.removeprefix("bossdb://").strip("/")
@@ -134,6 +145,7 @@ def _scan_collection(target: str) -> list[Found]:
     found = []
     for experiment in remote.list_experiments(collection):
         for channel in remote.list_channels(collection, experiment):
-            if remote.get_channel(channel, collection, experiment).type == "image":
-                found.append(Found(_name(f"{experiment}_{channel}"), f"bossdb://{collection}/{experiment}/{channel}"))
+            source = f"bossdb://{collection}/{experiment}/{channel}"
+            if source not in known and remote.get_channel(channel, collection, experiment).type == "image":
+                found.append(Found(_name(f"{experiment}_{channel}"), source))
     return found

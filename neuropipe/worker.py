@@ -307,7 +307,6 @@ class Worker:
         committed = 0
         if self._interrupted:
             queue, key = self._interrupted
-            queue.forget([key])
             if queue.outcome(key) == "committed":
                 committed += 1
                 self.tally[queue.name].made += 1

@@ -37,7 +37,6 @@ def _with_voxel_size(row: dict) -> dict:
     names = ("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
     if any(name in row for name in names) or "source" not in row:
         return row
-    _check_source(row)
     if parse_source(row["source"]).format not in METADATA_FORMATS:
         return row
     try:

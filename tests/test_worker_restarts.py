@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from neuropipe import registry
 from private_servers import wait_for
 from worker_runs import logs, toy_schema, wait_until, worker_process
+
+from neuropipe import registry
 
 PHASES = ("claim", "make", "after-make", "commit")
 RESTARTS_PER_PHASE = 5
@@ -108,11 +108,20 @@ class Fleet:
 
     # --- disruptions --------------------------------------------------------------------
 
+    def play(self, phase: str, times: int, disrupt) -> None:
+        """Stage ``phase``, disrupt it and let it finish, ``times`` over.
+
+        ``disrupt(held)`` returns the moment the server was back.
+        """
+        for _ in range(times):
+            held = self.stage(phase)
+            self.finish(held, disrupt(held))
+
     def restart(self, held: Round) -> float:
-        """Restart the server under the workers; return the time it was back."""
+        """Restart the server under the workers (whatever ``held`` is); return the time it was back."""
         self.server.restart()
         back = time.monotonic()
-        self._reconnect_test()
+        self.reconnect_test()
         return back
 
     def kill(self, held: Round) -> float:
@@ -220,7 +229,7 @@ class Fleet:
         job, holder = self.job(held.item), held.holder
         return job is None or job["status"] != "reserved" or job["reserved_time"] != holder["reserved_time"]
 
-    def _reconnect_test(self) -> None:
+    def reconnect_test(self) -> None:
         """Reopen the test's own DataJoint connection, which the restart broke too."""
         connection = self.toy.Item.connection
         wait_for(lambda: self.server.reachable(), 30, "the server")
@@ -244,10 +253,7 @@ def fleet(private_server, tmp_path_factory):
 
 @pytest.mark.parametrize("phase", PHASES)
 def test_a_restart_in_each_phase_loses_and_duplicates_nothing(fleet, phase):
-    for _ in range(RESTARTS_PER_PHASE):
-        held = fleet.stage(phase)
-        back = fleet.restart(held)
-        fleet.finish(held, back)
+    fleet.play(phase, RESTARTS_PER_PHASE, fleet.restart)
     fleet.verify()
     summary = fleet.report("restart")
     assert "reconnected to the database" in logs(fleet.state)
@@ -258,10 +264,7 @@ def test_a_restart_in_each_phase_loses_and_duplicates_nothing(fleet, phase):
 
 @pytest.mark.parametrize("phase", PHASES)
 def test_a_killed_connection_in_each_phase_loses_and_duplicates_nothing(fleet, phase):
-    for _ in range(KILLS_PER_PHASE):
-        held = fleet.stage(phase)
-        back = fleet.kill(held)
-        fleet.finish(held, back)
+    fleet.play(phase, KILLS_PER_PHASE, fleet.kill)
     fleet.verify()
     fleet.report("killed connection")
     text = logs(fleet.state)
@@ -276,7 +279,7 @@ def test_a_long_outage_is_waited_out_with_capped_backoff(fleet, private_server):
     time.sleep(4 * RECONNECT_CAP + 1)
     private_server.start()
     back = time.monotonic()
-    fleet._reconnect_test()
+    fleet.reconnect_test()
     fleet.finish(held, back)
     fleet.verify()
     fleet.report("long outage")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from itertools import product
 
 import numpy as np
@@ -56,7 +57,7 @@ def open_boss(source, remote=None) -> OpenVolume:
     parts = source.path.parts
     collection, experiment_name, channel_name = parts
     remote = remote or boss_remote()
-    with _boss_errors(source.uri, remote):
+    with _named_errors(source.uri, remote):
         channel = remote.get_channel(channel_name, collection, experiment_name)
         experiment = remote.get_experiment(collection, experiment_name)
         frame = remote.get_coordinate_frame(experiment.coord_frame)
@@ -147,23 +148,18 @@ def _with_retries(call, uri: str, remote):
             time.sleep(wait)
 
 
-class _boss_errors:
-    """Turn intern's HTTP errors on metadata calls into errors that name the problem."""
-
-    def __init__(self, uri: str, remote):
-        self.uri, self.remote = uri, remote
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is None or isinstance(error, BadInputError):
-            return False
+@contextmanager
+def _named_errors(uri: str, remote):
+    """Turn intern's errors on metadata calls into errors that name the problem."""
+    try:
+        yield
+    except BadInputError:
+        raise
+    except Exception as error:
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status is None:
-            raise TransientError(f"source {self.uri!r}: cannot reach the Boss server: "
-                                 f"{_scrub(error, self.remote)}") from None
-        raise _described(self.uri, error, status, self.remote) from None
+            raise TransientError(f"source {uri!r}: cannot reach the Boss server: {_scrub(error, remote)}") from None
+        raise _described(uri, error, status, remote) from None
 
 
 def _described(uri: str, error: Exception, status, remote) -> Exception:

@@ -67,11 +67,6 @@ class Source:
     resolution: int | None = None
     location: str = ""
 
-    @property
-    def suffix(self) -> str:
-        """str: The file suffix (``''`` for precomputed layers)."""
-        return self.path.suffix.lower() if self.format != "precomputed" else ""
-
 
 def parse_source(uri: str) -> Source:
     """Parse and check the syntax of a source URI (nothing is opened).
