@@ -39,6 +39,7 @@ _ENVIRONMENT = {
     "NEUROPIPE_BOSS_HOST": "boss_host",
     "NEUROPIPE_BOSS_PROTOCOL": "boss_protocol",
     "NEUROPIPE_BOSS_TOKEN": "boss_token",
+    "NEUROPIPE_ZARR_ABOVE_MB": "zarr_above_mb",
 }
 _FILE_KEYS = {
     "database.host": "host",
@@ -51,6 +52,7 @@ _FILE_KEYS = {
     "boss.host": "boss_host",
     "boss.protocol": "boss_protocol",
     "boss.token": "boss_token",
+    "neuropipe.zarr_above_mb": "zarr_above_mb",
 }
 
 
@@ -99,6 +101,9 @@ class Settings:
         ``https``) and its token; with no host, intern's own configuration is used
         (``~/.intern/intern.cfg`` or ``INTERN_PROTOCOL``/``INTERN_HOST``/``INTERN_TOKEN``).
         The token is never shown (not in ``repr``, logs or errors).
+    zarr_above_mb : float
+        Imported volumes larger than this many megabytes are stored as chunked zarr arrays
+        (``Volume.image_zarr``), smaller ones as one ``.npy`` (``Volume.image``).
     """
 
     host: str | None = None
@@ -113,6 +118,7 @@ class Settings:
     boss_host: str | None = None
     boss_protocol: str = "https"
     boss_token: str | None = field(default=None, repr=False)
+    zarr_above_mb: float = 256.0
 
     @property
     def embedded(self) -> bool:
@@ -208,7 +214,15 @@ def _validated(settings: Settings) -> Settings:
             raise ConfigurationError(f"database.port / DJ_PORT is {port!r}; expected an integer.") from None
         if not 0 < port < 65536:
             raise ConfigurationError(f"database.port / DJ_PORT is {port}; expected 1..65535.")
+    try:
+        zarr_above_mb = float(settings.zarr_above_mb)
+    except (TypeError, ValueError):
+        zarr_above_mb = -1.0
+    if not zarr_above_mb >= 0:
+        raise ConfigurationError(f"neuropipe.zarr_above_mb / NEUROPIPE_ZARR_ABOVE_MB is {settings.zarr_above_mb!r}; "
+                                 "expected a non-negative number of megabytes.")
     if ":" in (settings.host or ""):
         host, _, host_port = settings.host.rpartition(":")
         return _validated(replace(settings, host=host, port=host_port))
-    return replace(settings, port=port, store=Path(settings.store), password=str(settings.password or ""))
+    return replace(settings, port=port, store=Path(settings.store), password=str(settings.password or ""),
+                   zarr_above_mb=zarr_above_mb)

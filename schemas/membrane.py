@@ -101,7 +101,7 @@ class MembraneModel(dj.Computed):
 
     def make(self, key):
         """Train on the annotated volume and store the model."""
-        image = np.asarray((Volume & key).fetch1("image"))
+        image = np.asarray(Volume.open_image(key))
         membrane = np.asarray((AnnotationVolume & key).fetch1("membrane"))
         model = ops.train_membrane(image, membrane, **TrainingParams().fetch_params(key))
         self.insert1(dict(key, model=model.to_bytes(), iterations=model.iterations,
@@ -130,7 +130,7 @@ class MembraneMap(dj.Computed):
 
     def make(self, key):
         """Predict the membrane probability of the volume with the model."""
-        image = np.asarray((Volume & key).fetch1("image"))
+        image = np.asarray(Volume.open_image(key))
         model_key = dict(key, dataset=key["training_dataset"])
         model = ops.MembraneModel.from_bytes(_read_bytes((MembraneModel & model_key).fetch1("model")))
         probability = ops.predict_membrane(model, image, **InferenceParams().fetch_params(key))

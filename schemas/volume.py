@@ -14,7 +14,9 @@ from neuropipe import ops
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
 from neuropipe.failures import TransientError
-from neuropipe.io import parse_bbox, parse_source, read_volume, voxel_size
+from neuropipe.config import load_settings
+from neuropipe.io import open_source, parse_bbox, parse_source, read_volume, stored, voxel_size
+from neuropipe.io.sources import box_slices, read_part
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
@@ -126,10 +128,17 @@ class Annotation(_CheckedInsert, dj.Manual):
 class Volume(dj.Imported):
     """The image of a dataset, imported into the store.
 
+    A volume of up to ``neuropipe.zarr_above_mb`` megabytes (default 256) is kept as one
+    ``.npy`` in ``image``; a larger one as a chunked zarr array in ``image_zarr``, copied from
+    its source block by block so that neither the import nor a step reading a part of it
+    holds the whole volume in memory.  :meth:`open_image` returns either.
+
     Attributes
     ----------
-    image : ndarray (via ``<npy@neuropipe>``)
-        ZYX voxels; ``numpy.asarray(row['image'])`` loads it.
+    image : ndarray (via ``<npy@neuropipe>``) or None
+        ZYX voxels of a small volume.
+    image_zarr : zarr array (via ``<object@neuropipe>``) or None
+        ZYX voxels of a large volume, in chunks of :data:`neuropipe.io.stored.ZARR_CHUNKS`.
     depth, height, width : int
         Shape in voxels.
     """
@@ -137,7 +146,8 @@ class Volume(dj.Imported):
     definition = """
     -> Dataset
     ---
-    image : <npy@neuropipe>               # ZYX image
+    image = null : <npy@neuropipe>        # ZYX image, volumes up to neuropipe.zarr_above_mb
+    image_zarr = null : <object@neuropipe>  # ZYX image as a chunked zarr array, larger volumes
     depth : int32                         # voxels along z
     height : int32                        # voxels along y
     width : int32                         # voxels along x
@@ -147,20 +157,53 @@ class Volume(dj.Imported):
     intensity_mean : float64
     """
 
+    @classmethod
+    def open_image(cls, key: dict):
+        """Return the image of one volume as a ZYX array sliced lazily (numpy or zarr).
+
+        ``numpy.asarray(Volume.open_image(key))`` loads it whole; ``[z0:z1, y0:y1, x0:x1]``
+        reads only that part of a zarr-stored volume.
+        """
+        image, chunked = (cls & key).fetch1("image", "image_zarr")
+        return stored.open_stored(chunked if image is None else image)
+
     def make(self, key):
         """Read the dataset's source (within its bbox), check it and store it."""
         source, bbox = (Dataset & key).fetch1("source", "bbox")
-        image = read_volume(source, bbox)
-        if image.min() == image.max():
-            raise BadInputError(
-                f"dataset {key['dataset']!r}: the volume is constant ({image.min()}), nothing to segment."
-            )
-        depth, height, width = image.shape
-        self.insert1(
-            dict(key, image=image, depth=depth, height=height, width=width, dtype=str(image.dtype),
-                 intensity_min=float(image.min()), intensity_max=float(image.max()),
-                 intensity_mean=float(image.mean()))
+        opened = open_source(source)
+        box = box_slices(opened, bbox)
+        shape = tuple(piece.stop - piece.start for piece in box)
+        if np.prod(shape) * opened.dtype.itemsize <= load_settings().zarr_above_mb * 1e6:
+            image = read_part(opened, box, bbox or "the volume")
+            self.insert1(_volume_row(key, shape, image.dtype, stored.statistics(image), image=image))
+            return
+        with self.staged_insert1 as staged:
+            staged.rec.update(key)
+            target = stored.create_zarr(staged.store("image_zarr", ".zarr"), shape, opened.dtype)
+            statistics = stored.copy_in_blocks(
+                lambda part: read_part(opened, _shifted(part, box), f"block {part} of {bbox or 'the volume'}"),
+                shape, target, progress=lambda done, total, seconds: _log_progress(key, done, total, seconds))
+            staged.rec.update(_volume_row(key, shape, opened.dtype, statistics))
+
+
+def _volume_row(key: dict, shape, dtype, statistics: stored.Statistics, **image) -> dict:
+    if statistics.minimum == statistics.maximum:
+        raise BadInputError(
+            f"dataset {key['dataset']!r}: the volume is constant ({statistics.minimum:g}), nothing to segment."
         )
+    depth, height, width = shape
+    return dict(key, depth=depth, height=height, width=width, dtype=np.dtype(dtype).name,
+                intensity_min=statistics.minimum, intensity_max=statistics.maximum,
+                intensity_mean=statistics.mean, **image)
+
+
+def _shifted(part, box):
+    return tuple(slice(first.start + piece.start, first.start + piece.stop) for piece, first in zip(part, box))
+
+
+def _log_progress(key: dict, done: int, total: int, seconds: float) -> None:
+    if total >= 10 and done % max(1, total // 10) == 0:
+        logger.info("Volume %s: %d of %d blocks imported in %.0f s", key["dataset"], done, total, seconds)
 
 
 @schema

@@ -208,21 +208,46 @@ def read_volume(uri: str, bbox: str | None = None) -> np.ndarray:
         malformed or outside the volume, the volume is empty, or it holds NaN/inf values.
     """
     volume = open_source(uri)
+    return read_part(volume, box_slices(volume, bbox), bbox or "the volume")
+
+
+def box_slices(volume: OpenVolume, bbox: str | None) -> tuple[slice, slice, slice]:
+    """Return the slices (relative to the volume's origin) of ``bbox``, the whole volume for None.
+
+    Raises
+    ------
+    BadInputError
+        If the box is malformed or reaches outside the volume, or the volume is empty.
+    """
     if bbox:
-        slices = check_inside(parse_bbox(bbox), volume.shape, what=f"volume {uri}", origin=volume.origin)
-    else:
-        slices = tuple(slice(0, size) for size in volume.shape)
+        return check_inside(parse_bbox(bbox), volume.shape, what=f"volume {volume.uri}", origin=volume.origin)
+    if 0 in tuple(volume.shape):
+        raise BadInputError(f"source {volume.uri!r} holds an empty volume of shape {tuple(volume.shape)}.")
+    return tuple(slice(0, size) for size in volume.shape)
+
+
+def read_part(volume: OpenVolume, slices, what: str = "a box") -> np.ndarray:
+    """Read the ZYX ``slices`` of an opened volume, refusing NaN and infinite voxels.
+
+    Raises
+    ------
+    BadInputError
+        If reading fails for a reason another try would not change, or voxels are not finite.
+    TransientError
+        If the source's server failed in a way another try may not (see :mod:`.boss`).
+    """
     try:
         array = np.ascontiguousarray(volume.read(slices))
     except (BadInputError, TransientError):
         raise
     except Exception as error:
-        raise BadInputError(f"source {uri!r}: reading {bbox or 'the volume'} failed: "
+        raise BadInputError(f"source {volume.uri!r}: reading {what} failed: "
                             f"{error.__class__.__name__}: {error}") from error
     if array.size == 0:
-        raise BadInputError(f"source {uri!r} holds an empty volume of shape {array.shape}.")
+        raise BadInputError(f"source {volume.uri!r} holds an empty volume of shape {array.shape}.")
     if array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            raise BadInputError(f"source {uri!r}: {bad} of {array.size} voxels are NaN or infinite.")
+            raise BadInputError(f"source {volume.uri!r}: {bad} of {array.size} voxels are NaN or infinite "
+                                f"(reading {what}).")
     return array

@@ -142,3 +142,52 @@ def test_a_boss_channel_is_imported_with_its_voxel_size(pipeline, monkeypatch):
     error = (volume.Volume().jobs & {"dataset": "missing"}).fetch1()
     assert error["status"] == "error" and "no such collection, experiment or channel" in error["error_message"]
     assert server.token not in error["error_message"] + error["error_stack"]
+
+
+def test_a_large_volume_is_stored_as_zarr_read_from_its_source_block_by_block(pipeline, tmp_path, monkeypatch):
+    import zarr
+
+    from neuropipe.io import stored
+
+    image = np.random.default_rng(3).integers(1, 255, size=(10, 40, 48), dtype=np.uint8)
+    zarr.create_array(store=str(tmp_path / "big.zarr"), data=image, chunks=(4, 16, 16))
+    reads = []
+    original = stored.copy_in_blocks
+    monkeypatch.setattr(stored, "copy_in_blocks", lambda read, *args, **kwargs: original(
+        lambda part: reads.append(part) or read(part), *args, **kwargs))
+    monkeypatch.setattr(stored, "COPY_BLOCK", (4, 16, 32))
+    monkeypatch.setattr(stored, "ZARR_CHUNKS", (4, 16, 16))
+    monkeypatch.setenv("NEUROPIPE_ZARR_ABOVE_MB", "0.01")  # 10 kB: this 12 kB box goes to zarr
+    volume = pipeline.volume
+    volume.Dataset.insert([dict(dataset="big", source=f"file://{tmp_path}/big.zarr", bbox="1:9,4:36,0:48"),
+                           dict(dataset="small", source=f"file://{tmp_path}/big.zarr", bbox="0:2,0:8,0:8")])
+    drain(volume)
+    row = (volume.Volume & {"dataset": "big"}).fetch1()
+    part = image[1:9, 4:36]
+    assert row["image"] is None and (row["depth"], row["height"], row["width"]) == part.shape
+    assert (row["intensity_min"], row["intensity_max"]) == (part.min(), part.max())
+    assert row["intensity_mean"] == pytest.approx(part.mean())
+    assert len(reads) == 2 * 2 * 2 and max(np.prod([s.stop - s.start for s in box]) for box in reads) == 4 * 16 * 32
+    stored_image = volume.Volume.open_image({"dataset": "big"})
+    assert stored_image.chunks == (4, 16, 16)
+    np.testing.assert_array_equal(stored_image[2:5, 10:20, 7:9], part[2:5, 10:20, 7:9])
+    np.testing.assert_array_equal(np.asarray(stored_image), part)
+    assert (volume.Volume & {"dataset": "small"}).fetch1("image_zarr") is None
+    np.testing.assert_array_equal(volume.Volume.open_image({"dataset": "small"}), image[0:2, 0:8, 0:8])
+
+
+def test_a_failed_zarr_import_leaves_no_row_and_no_file(pipeline, settings, tmp_path, monkeypatch):
+    image = np.random.default_rng(4).random((6, 16, 16)).astype(np.float32)
+    image[5, 3, 3] = np.nan  # in the last block read
+    np.save(tmp_path / "nan.npy", image)
+    from neuropipe.io import stored
+
+    monkeypatch.setattr(stored, "COPY_BLOCK", (2, 16, 16))
+    monkeypatch.setenv("NEUROPIPE_ZARR_ABOVE_MB", "0")
+    volume = pipeline.volume
+    volume.Dataset.insert1(dict(dataset="nan", source=f"file://{tmp_path}/nan.npy"))
+    drain(volume)
+    assert len(volume.Volume()) == 0
+    message = (volume.Volume().jobs & {"dataset": "nan"}).fetch1("error_message")
+    assert "1 of 512 voxels are NaN or infinite (reading block" in message
+    assert not [path for path in settings.store.rglob("*") if path.is_file()]

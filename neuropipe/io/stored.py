@@ -1,0 +1,107 @@
+"""Arrays in the DataJoint store: one ``.npy`` for small volumes, a chunked zarr array for large ones.
+
+A volume of up to ``neuropipe.zarr_above_mb`` megabytes (default 256) is kept as one ``.npy``
+(``<npy@neuropipe>``): one file, loaded whole, as fast as it gets.  A larger one is written
+as a zarr array inside an ``<object@neuropipe>`` attribute, chunk by chunk as it is read from
+its source, so neither the import nor a later step that reads a part of it ever holds the
+whole volume in memory.  :func:`open_stored` gives either back as something sliced lazily.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import product
+from typing import Callable
+
+import numpy as np
+
+ZARR_CHUNKS = (32, 256, 256)  # ZYX; 2 MB of uint8, 8 MB of float32 per chunk
+COPY_BLOCK = (64, 1024, 1024)  # ZYX voxels read from a source at a time (a whole number of chunks)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Intensity statistics of a volume, gathered block by block."""
+
+    minimum: float
+    maximum: float
+    mean: float
+
+
+def create_zarr(fsmap, shape, dtype, chunks=None):
+    """Create an empty zarr array where an fsspec mapping points (e.g. a staged ``<object>`` field).
+
+    A local store is written through zarr's own directory store: fsspec's local filesystem does
+    not create the nested folders zarr format 3 chunk keys need.
+    """
+    import zarr
+
+    chunks = tuple(min(size, chunk) for size, chunk in zip(shape, chunks or ZARR_CHUNKS))
+    return zarr.open_array(store=_zarr_store(fsmap), mode="w", shape=tuple(shape), chunks=chunks,
+                           dtype=np.dtype(dtype))
+
+
+def open_stored(value):
+    """Return a stored array attribute as an array sliced lazily (ZYX).
+
+    Parameters
+    ----------
+    value : numpy array, DataJoint ``NpyRef`` or ``ObjectRef``
+        What ``fetch1`` returned for an ``<npy@>`` or an ``<object@>`` zarr attribute.
+    """
+    if hasattr(value, "fsmap"):
+        import zarr
+
+        return zarr.open_array(store=_zarr_store(value.fsmap), mode="r")
+    return np.asarray(value)
+
+
+def copy_in_blocks(read: Callable, shape, target, *, block=None, progress=None) -> Statistics:
+    """Copy a volume block by block into ``target``, gathering its statistics on the way.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(slices)`` returns the ZYX array inside three slices.
+    shape : tuple of int
+        ZYX extent to copy.
+    target : zarr array
+        Written block by block at the same coordinates.
+    block : tuple of int, optional
+        ZYX size of the blocks read at once (default :data:`COPY_BLOCK`); a multiple of the
+        target's chunks keeps writes whole.
+    progress : callable, optional
+        ``progress(done, total, seconds)`` after every block.
+    """
+    block = block or COPY_BLOCK
+    starts = [range(0, size, step) for size, step in zip(shape, block)]
+    boxes = list(product(*starts))
+    low, high, total = np.inf, -np.inf, 0.0
+    began = time.monotonic()
+    for done, corner in enumerate(boxes, 1):
+        slices = tuple(slice(start, min(start + step, size)) for start, step, size in zip(corner, block, shape))
+        part = read(slices)
+        target[slices] = part
+        low, high = min(low, float(part.min())), max(high, float(part.max()))
+        total += float(part.sum(dtype=np.float64))
+        if progress:
+            progress(done, len(boxes), time.monotonic() - began)
+    return Statistics(low, high, total / float(np.prod(shape)))
+
+
+def statistics(array: np.ndarray) -> Statistics:
+    """Return the statistics of an array held in memory."""
+    return Statistics(float(array.min()), float(array.max()), float(array.mean(dtype=np.float64)))
+
+
+def _zarr_store(fsmap):
+    protocol = fsmap.fs.protocol
+    local = "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
+    if not local:
+        return fsmap
+    try:
+        from zarr.storage import LocalStore
+    except ImportError:  # zarr 2
+        from zarr.storage import DirectoryStore as LocalStore
+    return LocalStore(fsmap.root)
