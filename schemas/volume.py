@@ -11,10 +11,10 @@ import logging
 import numpy as np
 
 from neuropipe import ops
+from neuropipe.config import load_settings
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
 from neuropipe.failures import TransientError
-from neuropipe.config import load_settings
 from neuropipe.io import open_source, parse_bbox, parse_source, read_volume, stored, voxel_size
 from neuropipe.io.sources import box_slices, read_part
 
