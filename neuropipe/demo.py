@@ -149,7 +149,7 @@ def run_demo(plan: Plan, settings: Settings, *, connection=None) -> dict:
     registry.activate(settings.schema_prefix, connection)
     parameters = register(plan)
     datasets = [{"dataset": entry["dataset"]} for entry in plan.datasets]
-    tables = pipeline_tables([schemas])
+    tables = pipeline_tables(schemas.CHAIN)
     tally = run_worker(tables, max_idle=0, restrictions=(datasets, parameters))
     return collect_results(tables, (datasets, parameters), tally, time.perf_counter() - start)
 

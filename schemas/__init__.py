@@ -1,15 +1,17 @@
-"""The bundled neuropipe pipeline: volume -> membrane map -> cell detections -> metrics.
+"""The bundled neuropipe pipeline: volume -> membrane map -> cell detections -> metrics (-> export).
 
 Each module holds one DataJoint schema, created unbound so that importing it touches no
-database.  :func:`activate` binds all four, in dependency order, to schemas named
-``<prefix>volume``, ``<prefix>membrane``, ``<prefix>detection`` and ``<prefix>metrics``.
+database.  :func:`activate` binds all five, in dependency order, to schemas named
+``<prefix>volume``, ``<prefix>membrane``, ``<prefix>detection``, ``<prefix>metrics`` and
+``<prefix>export``.
 The worker and the demo call it with the configured prefix; tests call it with their own.
 """
 
 from neuropipe.database import bind_schema, drop_schema, import_datajoint
-from schemas import detection, membrane, metrics, volume
+from schemas import detection, export, membrane, metrics, volume
 
-MODULES = (volume, membrane, detection, metrics)
+CHAIN = (volume, membrane, detection, metrics)  # what the demo runs: image to scores
+MODULES = CHAIN + (export,)
 
 
 def activate(prefix: str, connection=None) -> None:

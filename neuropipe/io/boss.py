@@ -100,25 +100,99 @@ def read_cutout(remote, channel, resolution: int, box, *, uri: str, block=None, 
     TransientError
         When a block still fails after :data:`ATTEMPTS` tries (the worker retries the job).
     """
-    blocks = _blocks(box, block or BLOCK_ZYX)
-    threads = threads or THREADS
     out = np.empty(tuple(stop - start for start, stop in box), dtype=np.dtype(channel.datatype))
-    done, step = 0, max(1, len(blocks) // 10)
 
     def fetch(piece):
         (z0, z1), (y0, y1), (x0, x1) = piece
         data = _with_retries(lambda: remote.get_cutout(channel, resolution, [x0, x1], [y0, y1], [z0, z1],
                                                        parallel=False), uri, remote)
-        out[z0 - box[0][0]:z1 - box[0][0], y0 - box[1][0]:y1 - box[1][0], x0 - box[2][0]:x1 - box[2][0]] = data
+        out[_inside(piece, box)] = data
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(blocks)))) as pool:
-        for _ in pool.map(fetch, blocks):
+    _in_parallel(fetch, _blocks(box, block or BLOCK_ZYX), threads, uri, out.nbytes, "pulled")
+    return out
+
+
+def write_boss(target, array: np.ndarray, *, content: str, offset_zyx, create: bool, sources=(), remote=None):
+    """Write a ZYX probability map or label volume into a Boss channel at ``offset_zyx`` (resolution 0).
+
+    A missing channel is created where ``create`` is set: a uint8 image channel for
+    probabilities, a uint64 annotation channel (over the image channels ``sources``) for labels.
+    The collection and experiment must exist.  See :func:`neuropipe.io.targets.write_volume`.
+    """
+    from neuropipe.io.bbox import check_inside
+    from neuropipe.io.targets import CREATED_DTYPES, Written, fit_dtype
+
+    collection, experiment_name, channel_name = target.path.parts
+    remote = remote or boss_remote()
+    with _named_errors(target.uri, remote):
+        experiment = remote.get_experiment(collection, experiment_name)
+        frame = remote.get_coordinate_frame(experiment.coord_frame)
+        channel = _channel(remote, collection, experiment_name, channel_name)
+        if channel is None and not create:
+            raise BadInputError(f"target {target.uri!r}: no such channel (set create to make one).")
+        if channel is None:
+            channel = _create_channel(remote, collection, experiment_name, channel_name,
+                                      CREATED_DTYPES[content]["bossdb"], list(sources))
+    starts = (frame.z_start, frame.y_start, frame.x_start)
+    extent = tuple(stop - start for start, stop in zip(starts, (frame.z_stop, frame.y_stop, frame.x_stop)))
+    box = tuple((int(first), int(first) + size) for first, size in zip(offset_zyx, array.shape))
+    check_inside(box, extent, what=f"coordinate frame of {target.uri}", origin=starts)
+    data = fit_dtype(array, content, channel.datatype, target.uri)
+    write_cutout(remote, channel, box, data, uri=target.uri)
+    return Written(target.uri, data.dtype.name, data.nbytes)
+
+
+def write_cutout(remote, channel, box, data: np.ndarray, *, uri: str, block=None, threads: int | None = None):
+    """Push ZYX ``data`` into ``box`` of a channel at resolution 0, block by block, in parallel.
+
+    An all-zero block is sent as ``cutout/to_black``: intern's ``create_cutout`` silently skips
+    all-zero arrays, which would leave old values where the new ones are zero.
+    """
+    def push(piece):
+        part = np.ascontiguousarray(data[_inside(piece, box)])
+        (z0, z1), (y0, y1), (x0, x1) = piece
+        if part.any():
+            call = lambda: remote.create_cutout(channel, 0, [x0, x1], [y0, y1], [z0, z1], part)  # noqa: E731
+        else:
+            call = lambda: remote.create_cutout_to_black(channel, 0, [x0, x1], [y0, y1], [z0, z1])  # noqa: E731
+        _with_retries(call, uri, remote)
+
+    _in_parallel(push, _blocks(box, block or BLOCK_ZYX), threads, uri, data.nbytes, "pushed")
+
+
+def _channel(remote, collection: str, experiment: str, name: str):
+    """Return the channel, or None where the Boss answers 404 (other errors propagate)."""
+    try:
+        return remote.get_channel(name, collection, experiment)
+    except Exception as error:
+        if getattr(getattr(error, "response", None), "status_code", None) == 404:
+            return None
+        raise
+
+
+def _create_channel(remote, collection: str, experiment: str, name: str, datatype: str, sources: list):
+    from intern.resource.boss.resource import ChannelResource
+
+    kind = "annotation" if datatype == "uint64" else "image"
+    logger.info("creating Boss channel %s/%s/%s (%s %s)", collection, experiment, name, kind, datatype)
+    return remote.create_project(ChannelResource(name, collection, experiment, type=kind, datatype=datatype,
+                                                 sources=sources if kind == "annotation" else []))
+
+
+def _inside(piece, box) -> tuple:
+    """Return the slices of a block ``piece`` within the array that covers ``box``."""
+    return tuple(slice(start - first, stop - first) for (start, stop), (first, _) in zip(piece, box))
+
+
+def _in_parallel(transfer, blocks: list, threads: int | None, uri: str, nbytes: int, verb: str) -> None:
+    """Run ``transfer(block)`` for every block in threads, logging progress on long transfers."""
+    done, step, start = 0, max(1, len(blocks) // 10), time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, min(threads or THREADS, len(blocks)))) as pool:
+        for _ in pool.map(transfer, blocks):
             done += 1
             if len(blocks) >= 10 and done % step == 0:
-                logger.info("%s: %d of %d blocks (%.0f MB in %.1f s)", uri, done, len(blocks),
-                            out.nbytes * done / len(blocks) / 1e6, time.monotonic() - start)
-    return out
+                logger.info("%s: %s %d of %d blocks (%.0f MB in %.1f s)", uri, verb, done, len(blocks),
+                            nbytes * done / len(blocks) / 1e6, time.monotonic() - start)
 
 
 def _blocks(box, block) -> list:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from neuropipe import demo
+from neuropipe.worker import pipeline_tables, run_worker
 
 TABLES = ("Volume", "AnnotationVolume", "MembraneModel", "MembraneMap", "CellDetection", "MembraneMetrics",
           "DetectionMetrics")
@@ -86,7 +87,19 @@ def test_isbi_2012_end_to_end_from_a_boss_server(pipeline, settings, isbi_path, 
         plan = demo.source_plan("bossdb://isbi/train/em", "bossdb://isbi/train/membrane", name="boss",
                                 minutes=0.5, iterations=40)
         results = demo.run_demo(plan, settings, connection=pipeline.volume.schema.connection)
+        # ... and the results pushed back beside the raw data, as jobs of the graph.
+        pipeline.export.ExportTarget.insert([
+            dict(dataset="boss_eval", target="map", content="probability", uri="bossdb://isbi/train/membrane_map"),
+            dict(dataset="boss_eval", target="cells", content="labels", uri="bossdb://isbi/train/cells")])
+        tally = run_worker(pipeline_tables([pipeline.export]), max_idle=0)
+        pushed_map = server.array("isbi", "train", "membrane_map")[8:12]
+        pushed_cells = server.array("isbi", "train", "cells")[8:12]
     assert results["failed"] == {} and set(results["rows"]) == set(TABLES)
+    assert tally["ProbabilityExport"].made == tally["LabelExport"].made == 1
+    probability = np.asarray((pipeline.membrane.MembraneMap & {"dataset": "boss_eval"}).fetch1("probability"))
+    np.testing.assert_array_equal(pushed_map, np.rint(probability * 255).astype(np.uint8))
+    labels = np.asarray((pipeline.detection.CellDetection & {"dataset": "boss_eval"}).fetch1("labels"))
+    np.testing.assert_array_equal(pushed_cells, labels)
     volume = pipeline.volume
     assert (volume.Dataset & {"dataset": "boss_eval"}).fetch1("bbox", "voxel_z_nm") == ("108:112,0:512,0:512", 50.0)
     np.testing.assert_array_equal(np.asarray((volume.Volume & {"dataset": "boss_eval"}).fetch1("image")),
