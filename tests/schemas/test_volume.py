@@ -191,3 +191,38 @@ def test_a_failed_zarr_import_leaves_no_row_and_no_file(pipeline, settings, tmp_
     message = (volume.Volume().jobs & {"dataset": "nan"}).fetch1("error_message")
     assert "1 of 512 voxels are NaN or infinite (reading block" in message
     assert not [path for path in settings.store.rglob("*") if path.is_file()]
+
+
+def test_a_connection_dropped_mid_download_is_retried_then_reported(pipeline, monkeypatch):
+    from boss_server import BossServer
+
+    from neuropipe.io import boss
+
+    image = np.random.default_rng(5).integers(1, 255, size=(4, 30, 40), dtype=np.uint8)
+    monkeypatch.setattr(boss, "ATTEMPTS", 2)
+    monkeypatch.setattr(boss, "BLOCK_ZYX", (4, 16, 16))  # 2 x 3 blocks, one at a time: faults hit the first
+    monkeypatch.setattr(boss, "THREADS", 1)
+    with BossServer() as server:
+        for variable, value in {"NEUROPIPE_BOSS_HOST": server.host, "NEUROPIPE_BOSS_PROTOCOL": "http",
+                                "NEUROPIPE_BOSS_TOKEN": server.token}.items():
+            monkeypatch.setenv(variable, value)
+        server.add_channel("lab", "exp", "em", image)
+        volume = pipeline.volume
+        volume.Dataset.insert1(dict(dataset="flaky", source="bossdb://lab/exp/em"))
+        server.fail_next(2, "drop")  # one block dropped twice: the job fails once, its retry succeeds
+        serve = dict(max_idle=1, poll_seconds=0.1, max_retries=1, retry_backoff=0.1)  # waits for the retries
+        first = run_worker(pipeline_tables([volume]), **serve)
+        volume.Dataset.insert1(dict(dataset="gone", source="bossdb://lab/exp/em"))
+        server.fail_next(50, "drop")  # every try of both attempts
+        second = run_worker(pipeline_tables([volume]), **serve)
+    assert first["Volume"].made == 1 and second["Volume"].failed == 1
+    np.testing.assert_array_equal(volume.Volume.open_image({"dataset": "flaky"}), image)
+    from neuropipe import registry
+
+    failures = (registry.Failure & {"table_name": volume.Volume.full_table_name}).to_dicts()
+    assert sorted((row["job_key"]["dataset"], row["kind"]) for row in failures) == \
+        [("flaky", "transient"), ("gone", "transient"), ("gone", "transient")]
+    job = (volume.Volume().jobs & {"dataset": "gone"}).fetch1()
+    assert job["status"] == "error" and len(volume.Volume & {"dataset": "gone"}) == 0
+    assert "the Boss server failed 2 times in a row" in job["error_message"]
+    assert server.token not in job["error_message"] + job["error_stack"]
