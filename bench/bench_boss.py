@@ -2,9 +2,9 @@
 
 The server is the one the tests use (``tests/support/boss_server.py``, Python's threaded
 HTTP server: what is measured is neuropipe's and intern's client path, not a real Boss).
-A volume is pushed with intern's ``create_cutout`` block by block, then pulled through
-``neuropipe.io.read_volume("bossdb://...")`` with 1 and with 4 parallel block fetches, and
-read from a memory-mapped ``.npy`` for comparison.  Run by hand:
+A volume is pushed through ``neuropipe.io.boss.write_cutout`` (the path of the export tables)
+and pulled through ``neuropipe.io.read_volume("bossdb://...")``, each with 1 and with 4 blocks
+in flight, and read from a memory-mapped ``.npy`` for comparison.  Run by hand:
 
     python bench/bench_boss.py [--depth 64] [--size 1024]
 
@@ -44,13 +44,11 @@ def main() -> None:
         server.add_channel("bench", "exp", "em", np.zeros_like(volume))
         remote = server.remote()
         channel = remote.get_channel("em", "bench", "exp")
-        start = time.perf_counter()
-        for z0 in range(0, args.depth, boss.BLOCK_ZYX[0]):
-            for y0 in range(0, args.size, boss.BLOCK_ZYX[1]):
-                for x0 in range(0, args.size, boss.BLOCK_ZYX[2]):
-                    z1, y1, x1 = z0 + boss.BLOCK_ZYX[0], y0 + boss.BLOCK_ZYX[1], x0 + boss.BLOCK_ZYX[2]
-                    remote.create_cutout(channel, 0, [x0, x1], [y0, y1], [z0, z1], volume[z0:z1, y0:y1, x0:x1])
-        results["push_mb_per_s"] = megabytes / (time.perf_counter() - start)
+        box = tuple((0, size) for size in volume.shape)
+        for threads in (1, 4):
+            start = time.perf_counter()
+            boss.write_cutout(remote, channel, box, volume, uri="bossdb://bench/exp/em", threads=threads)
+            results[f"push_{threads}_mb_per_s"] = megabytes / (time.perf_counter() - start)
         for threads in (1, 4):
             boss.THREADS = threads
             start = time.perf_counter()
