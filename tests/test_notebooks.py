@@ -24,6 +24,8 @@ def test_notebook_runs(notebook, embedded_server, tmp_path, monkeypatch):
             exec(compile("".join(cell["source"]), f"{notebook.name} cell {number}", "exec"), namespace)
         tally = namespace.get("tally", {})
         assert all(t.failed == 0 for t in tally.values()), tally
+        if "export" in namespace:  # the walkthrough ends by pushing its cells to a precomputed layer
+            assert len(namespace["export"].LabelExport()) == tally["LabelExport"].made > 0
     finally:
         import schemas
         from neuropipe import registry

@@ -103,7 +103,11 @@ class Fleet:
                                                priority=connection._config.jobs.default_priority))
         self.items.append(item)
         lock = self.server.lock_row(self.jobs_table, "item = %s", (item,))
-        sessions = wait_for(self.server.waiting_claims, 60, f"a claim of item {item} to wait for the row lock")
+        try:
+            sessions = wait_for(self.server.waiting_claims, 60, f"a claim of item {item} to wait for the row lock")
+        except TimeoutError:
+            lock.rollback()  # else the schema's DROP at teardown waits for this transaction forever
+            raise AssertionError(f"no claim waited for item {item}'s row lock:\n{logs(self.state)}") from None
         return Round(item, "claim", sessions=sessions, lock=lock)
 
     # --- disruptions --------------------------------------------------------------------
