@@ -1,0 +1,54 @@
+"""Block grids: a volume cut into blocks, each read with a halo around it (pure numpy, no database).
+
+A block is named by its grid coordinates ``(bz, by, bx)``; its *core* is the part of the
+volume it owns and writes, its *read box* the core grown by a halo and clipped to the volume.
+Cores tile the volume exactly (the last block along an axis may be smaller), so results
+written core by core cover every voxel once.
+"""
+
+from __future__ import annotations
+
+from itertools import product
+
+Box = tuple  # ((z0, z1), (y0, y1), (x0, x1)), half-open
+
+
+def grid_shape(shape, block) -> tuple:
+    """Return the number of blocks along each axis."""
+    return tuple(-(-int(size) // int(step)) for size, step in zip(shape, block))
+
+
+def block_grid(shape, block) -> list[tuple[tuple, Box]]:
+    """Return ``(grid coordinates, core box)`` of every block, in C order.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Volume extent, ZYX.
+    block : tuple of int
+        Block extent, ZYX; blocks at the far faces are clipped to the volume.
+    """
+    if any(int(step) < 1 for step in block):
+        raise ValueError(f"block shape must be positive, got {tuple(block)}")
+    return [(index, core_box(index, shape, block)) for index in product(*(range(n) for n in grid_shape(shape, block)))]
+
+
+def core_box(index, shape, block) -> Box:
+    """Return the core box of the block at grid coordinates ``index``."""
+    return tuple((i * step, min((i + 1) * step, int(size))) for i, step, size in zip(index, block, shape))
+
+
+def grow(box: Box, halo, shape) -> Box:
+    """Return ``box`` grown by ``halo`` voxels on every side, clipped to the volume."""
+    return tuple((max(0, start - h), min(int(size), stop + h)) for (start, stop), h, size in zip(box, halo, shape))
+
+
+def slices(box: Box, within: Box | None = None) -> tuple:
+    """Return the slices of ``box``, relative to the start of ``within`` where given."""
+    origin = [start for start, _ in within] if within else [0] * len(box)
+    return tuple(slice(start - first, stop - first) for (start, stop), first in zip(box, origin))
+
+
+def contains(box: Box, point) -> bool:
+    """Return True when ``point`` (ZYX, may be fractional) lies in the half-open ``box``."""
+    return all(start <= value < stop for (start, stop), value in zip(box, point))

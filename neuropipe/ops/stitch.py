@@ -1,0 +1,224 @@
+"""Connected components of a volume labelled block by block, stitched into global components.
+
+Each block labels its own core with :func:`~neuropipe.ops.label_components` and names its
+pieces (*fragments*) by globally unique ids (:func:`fragment_ids`).  Two fragments of
+different blocks belong to one component where voxels of theirs touch across a block
+boundary: :func:`boundary_pairs` finds those pairs in the two planes on either side of each
+boundary, :func:`merge_fragments` joins them with union-find, and the result, numbered in the
+raster order of each component's first voxel, is what labelling the whole volume at once gives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_ID_SHIFT = 32  # a fragment id is (linear block index + 1) << 32 | its label in the block
+
+
+def fragment_ids(labels: np.ndarray, block_index: int) -> np.ndarray:
+    """Return a block's labels (uint32, 0 = background) as globally unique uint64 fragment ids."""
+    out = labels.astype(np.uint64)
+    out[labels > 0] |= np.uint64(block_index + 1) << np.uint64(BLOCK_ID_SHIFT)
+    return out
+
+
+def crossing_offsets(connectivity: int, axis: int, planar: bool = False) -> list[tuple[int, int]]:
+    """Return the shifts, within a boundary plane, that a step across it may take.
+
+    Parameters
+    ----------
+    connectivity : {6, 18, 26}
+        6 crosses straight; 18 may also move one step along one in-plane axis; 26 along both.
+    axis : {0, 1, 2}
+        The axis the boundary is normal to (0: z); the plane keeps the other two, in order.
+    planar : bool
+        Labelling plane by plane (thick sections, see :func:`~neuropipe.ops.thick_sections`):
+        nothing connects across z; within a plane 6 means 4-connected, 18 and 26 8-connected.
+    """
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"connectivity must be 6, 18 or 26; got {connectivity!r}")
+    if planar:
+        if axis == 0:
+            return []
+        return [(0, 0)] if connectivity == 6 else [(0, -1), (0, 0), (0, 1)]
+    if connectivity == 6:
+        return [(0, 0)]
+    if connectivity == 18:
+        return [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]
+    return [(d0, d1) for d0 in (-1, 0, 1) for d1 in (-1, 0, 1)]
+
+
+def boundary_pairs(before: np.ndarray, after: np.ndarray, offsets) -> np.ndarray:
+    """Return the distinct fragment pairs that touch across a boundary.
+
+    Parameters
+    ----------
+    before, after : ndarray of shape (A, B), uint64
+        Fragment ids of the planes on either side of the boundary (0 = background).
+    offsets : list of (int, int)
+        From :func:`crossing_offsets`.
+
+    Returns
+    -------
+    ndarray of shape (N, 2), uint64
+        Each touching pair once, ``(id before, id after)``.
+    """
+    found = [np.empty((0, 2), np.uint64)]
+    rows, cols = before.shape
+    for d0, d1 in offsets:
+        a = before[max(0, -d0):rows - max(0, d0), max(0, -d1):cols - max(0, d1)]
+        b = after[max(0, d0):rows - max(0, -d0), max(0, d1):cols - max(0, -d1)]
+        touching = (a > 0) & (b > 0)
+        if touching.any():
+            found.append(np.stack([a[touching], b[touching]], axis=1))
+    pairs = np.concatenate(found)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+def merge_fragments(fragments: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Join fragments that touch into components with union-find.
+
+    Parameters
+    ----------
+    fragments : ndarray of uint64
+        Every fragment id, each once.
+    pairs : ndarray of shape (N, 2), uint64
+        Touching fragments (ids from ``fragments``).
+
+    Returns
+    -------
+    ndarray of int64
+        For each fragment (same order), the index of its component's root fragment in
+        ``fragments``; fragments with the same root form one component.
+    """
+    fragments = np.asarray(fragments, np.uint64)
+    order = np.argsort(fragments)
+    parent = np.arange(len(fragments))
+
+    def find(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving
+            node = parent[node]
+        return node
+
+    if len(pairs):
+        ends = order[np.searchsorted(fragments, np.asarray(pairs, np.uint64).ravel(), sorter=order)].reshape(-1, 2)
+        for a, b in ends:
+            root_a, root_b = find(a), find(b)
+            if root_a != root_b:
+                parent[max(root_a, root_b)] = min(root_a, root_b)
+    return np.array([find(node) for node in range(len(fragments))], dtype=np.int64)
+
+
+def number_components(roots: np.ndarray, first_voxels: np.ndarray, voxel_counts: np.ndarray, *, dust: int = 0,
+                      max_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Number stitched components as whole-volume labelling would, dropping dust and the smallest.
+
+    Parameters
+    ----------
+    roots : ndarray of int64
+        Per fragment, its component's root (from :func:`merge_fragments`).
+    first_voxels : ndarray of int64
+        Per fragment, the raster index (in the whole volume) of its first voxel.
+    voxel_counts : ndarray of int64
+        Per fragment, its voxel count.
+    dust : int
+        Components with fewer voxels are dropped.
+    max_count : int, optional
+        Keep only this many of the largest components (ties: the earlier first voxel).
+
+    Returns
+    -------
+    labels : ndarray of uint32
+        Per fragment, its component's label 1..N in raster order of the components' first
+        voxels, 0 where the component was dropped.
+    components : ndarray of int64
+        Per kept label (label - 1), the root fragment index.
+    """
+    unique_roots, component = np.unique(roots, return_inverse=True)
+    first = np.full(len(unique_roots), np.iinfo(np.int64).max)
+    np.minimum.at(first, component, first_voxels)
+    counts = np.bincount(component, weights=voxel_counts, minlength=len(unique_roots)).astype(np.int64)
+    keep = np.flatnonzero(counts >= max(dust, 1))
+    keep = keep[np.argsort(first[keep], kind="stable")]  # raster order of first voxels: labels 1..N
+    if max_count is not None and len(keep) > max_count:
+        largest = np.lexsort((np.arange(len(keep)), -counts[keep]))[:max_count]
+        keep = keep[np.sort(largest)]
+    label_of = np.zeros(len(unique_roots), np.uint32)
+    label_of[keep] = np.arange(1, len(keep) + 1, dtype=np.uint32)
+    return label_of[component], unique_roots[keep]
+
+
+def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, voxel_size=None, origin=(0, 0, 0),
+                    volume_shape=None) -> dict:
+    """Label one block's core and describe its fragments for stitching.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        The block's core (no halo).
+    block_index : int
+        Linear index of the block in its grid (makes the fragment ids unique).
+    origin, volume_shape : tuple of int
+        Where the core starts in the volume, and the volume's shape (for raster indices).
+
+    Returns
+    -------
+    dict
+        ``fragments`` (uint64 ZYX ids), ``ids``, ``first_voxels`` (raster index in the volume),
+        ``voxel_counts``, ``sums`` (ZYX coordinate sums, for centroids).
+    """
+    from neuropipe.ops.components import label_components
+
+    found = label_components(mask, connectivity=connectivity, voxel_size=voxel_size)
+    count = found.count
+    labels = found.labels
+    flat = labels.ravel()
+    present = flat > 0
+    positions = np.flatnonzero(present)
+    values = flat[present].astype(np.int64) - 1
+    coords = np.unravel_index(positions, labels.shape)
+    global_coords = [c + o for c, o in zip(coords, origin)]
+    raster = np.ravel_multi_index(global_coords, volume_shape or labels.shape).astype(np.int64)
+    first = np.full(count, np.iinfo(np.int64).max)
+    np.minimum.at(first, values, raster)
+    sums = np.stack([np.bincount(values, weights=c, minlength=count) for c in global_coords], axis=1) \
+        if count else np.zeros((0, 3))
+    ids = (np.arange(1, count + 1, dtype=np.uint64) | (np.uint64(block_index + 1) << np.uint64(BLOCK_ID_SHIFT)))
+    return dict(fragments=fragment_ids(labels, block_index), ids=ids, first_voxels=first,
+                voxel_counts=np.bincount(values, minlength=count).astype(np.int64), sums=sums)
+
+
+def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxel_size=None, dust: int = 0,
+                        max_count: int | None = None) -> np.ndarray:
+    """Label a mask block by block and stitch the blocks: equal to labelling it whole.
+
+    The in-memory reference of what the blockwise tables do through the store; used to test
+    them and to benchmark.
+    """
+    from neuropipe.blockwise.grid import block_grid, slices
+    from neuropipe.ops.components import thick_sections
+
+    planar = voxel_size is not None and thick_sections(voxel_size)
+    fragments = np.zeros(mask.shape, np.uint64)
+    described = []
+    grid = block_grid(mask.shape, block)
+    for linear, (_, core) in enumerate(grid):
+        part = block_fragments(mask[slices(core)], linear, connectivity=connectivity, voxel_size=voxel_size,
+                               origin=[start for start, _ in core], volume_shape=mask.shape)
+        fragments[slices(core)] = part["fragments"]
+        described.append(part)
+    pairs = [boundary_pairs(np.take(fragments, c - 1, axis=axis), np.take(fragments, c, axis=axis),
+                            crossing_offsets(connectivity, axis, planar))
+             for axis in range(3) for c in range(block[axis], mask.shape[axis], block[axis])]
+    ids = np.concatenate([part["ids"] for part in described])
+    roots = merge_fragments(ids, np.concatenate(pairs) if pairs else np.empty((0, 2), np.uint64))
+    labels, _ = number_components(roots, np.concatenate([part["first_voxels"] for part in described]),
+                                  np.concatenate([part["voxel_counts"] for part in described]),
+                                  dust=dust, max_count=max_count)
+    order = np.argsort(ids)
+    lookup = np.concatenate([[0], labels[order]]).astype(np.uint32)
+    index = np.zeros(fragments.shape, np.int64)
+    present = fragments > 0
+    index[present] = np.searchsorted(ids[order], fragments[present]) + 1
+    return lookup[index]

@@ -1,0 +1,55 @@
+"""Components labelled block by block and stitched equal cc3d on the whole volume."""
+
+import numpy as np
+import pytest
+
+from neuropipe.ops import label_components
+from neuropipe.ops.stitch import boundary_pairs, crossing_offsets, merge_fragments, stitched_components
+
+BLOCKS = [(5, 8, 9), (7, 37, 10), (1, 1, 41), (23, 37, 41), (4, 4, 4)]  # most do not divide (23, 37, 41)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("voxel_size", [None, (50, 4, 4)], ids=["isotropic", "thick-sections"])
+def test_stitched_labels_equal_whole_volume_labels(connectivity, voxel_size):
+    rng = np.random.default_rng(connectivity)
+    mask = rng.random((23, 37, 41)) > 0.72
+    whole = label_components(mask, connectivity=connectivity, voxel_size=voxel_size, dust=3).labels
+    for block in BLOCKS:
+        stitched = stitched_components(mask, block, connectivity=connectivity, voxel_size=voxel_size, dust=3)
+        np.testing.assert_array_equal(stitched, whole, err_msg=str(block))
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_objects_crossing_faces_edges_and_corners_become_one(connectivity):
+    mask = np.zeros((8, 8, 8), bool)
+    mask[1:7, 3, 3] = True                     # crosses the z face between blocks of 4
+    mask[3, 3, 1:7] = True                     # joins it, crossing the x face
+    mask[3, 3, 3], mask[4, 4, 4] = True, True  # a diagonal step across the corner of 8 blocks
+    mask[5, 5, 5] = True
+    whole = label_components(mask, connectivity=connectivity).labels
+    stitched = stitched_components(mask, (4, 4, 4), connectivity=connectivity)
+    np.testing.assert_array_equal(stitched, whole)
+    assert stitched.max() == {6: 3, 18: 2, 26: 1}[connectivity]
+
+
+def test_the_largest_components_are_kept_in_raster_order():
+    mask = np.zeros((1, 4, 12), bool)
+    mask[0, 0, 0:2], mask[0, 2, 0:5], mask[0, 0, 6:9], mask[0, 3, 7:11] = True, True, True, True
+    whole_labels = label_components(mask, connectivity=26).labels
+    stitched = stitched_components(mask, (1, 2, 4), connectivity=26, max_count=2)
+    kept = sorted(np.unique(whole_labels[stitched > 0]).tolist())
+    assert kept == [3, 4] and stitched.max() == 2  # the 5- and 4-voxel ones, renumbered 1, 2
+
+
+def test_union_find_joins_chains_and_leaves_the_rest():
+    ids = np.array([10, 20, 30, 40, 50], np.uint64)
+    roots = merge_fragments(ids, np.array([[50, 30], [30, 10]], np.uint64))
+    assert roots.tolist() == [0, 1, 0, 3, 0]
+
+
+def test_thick_sections_never_join_across_z():
+    assert crossing_offsets(26, 0, planar=True) == []
+    before, after = np.array([[1, 0]], np.uint64), np.array([[0, 2]], np.uint64)
+    assert boundary_pairs(before, after, crossing_offsets(6, 1)).shape == (0, 2)
+    assert boundary_pairs(before, after, crossing_offsets(26, 1)).tolist() == [[1, 2]]
