@@ -112,7 +112,7 @@ def merge_fragments(fragments: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def number_components(roots: np.ndarray, first_voxels: np.ndarray, voxel_counts: np.ndarray, *, dust: int = 0,
                       max_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Number stitched components as whole-volume labelling would, dropping dust and the smallest.
+    """Label stitched components as whole-volume labelling would, dropping dust and the smallest.
 
     Parameters
     ----------
