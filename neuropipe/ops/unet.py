@@ -252,8 +252,11 @@ def _training_data(images, labels):
     return images, labels, mean, std
 
 
-def _normalise(images, mean, std, per_slice):
+def _normalise(images, mean, std, per_slice, slice_stats=None):
     """Zero mean, unit variance: with the stack's ``mean``/``std``, or each slice with its own.
+
+    ``slice_stats`` (means, stds per slice) stand in for the slices' own where ``images`` is
+    a part of the slices (a block).
 
     Serial sections differ in staining and thickness, so their brightness and contrast
     drift (ISBI 2012: slice standard deviations from 34 to 51 grey levels); per-slice
@@ -262,15 +265,12 @@ def _normalise(images, mean, std, per_slice):
     images = np.asarray(images, np.float32)
     if not per_slice:
         return (images - np.float32(mean)) / np.float32(std)
-    means = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
-    stds = images.std(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+    if slice_stats is not None:
+        means, stds = (np.asarray(values, np.float32).reshape(-1, 1, 1) for values in slice_stats)
+    else:
+        means = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
+        stds = images.std(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
     return (images - means) / np.where(stds > 0, stds, np.float32(std))
-
-
-def _dihedral(array, k):
-    """Apply dihedral transform ``k`` (0..7: 4 rotations, optionally mirrored) to the last two axes."""
-    out = np.rot90(array, k % 4, axes=(-2, -1))
-    return out[..., ::-1] if k >= 4 else out
 
 
 def _context(z, depth, context):
@@ -572,7 +572,8 @@ def _tile_starts(size, tile, step):
 
 
 def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4, augment=False,
-                     precision="auto", warp=0.0, average=0.0, context=0, normalise="stack"):
+                     precision="auto", warp=0.0, average=0.0, context=0, normalise="stack", frame=None,
+                     slice_stats=None):
     """Predict the membrane probability of every voxel, slice by slice.
 
     Each Z slice is cut into ``tile`` x ``tile`` tiles (clipped to the
@@ -597,10 +598,19 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
         Tiles per forward pass. Default 4.
     augment : bool, optional
         Test-time augmentation: average the predictions of the 8 flips and
-        rotations of each slice (8 times the work). Default False.
+        rotations of each tile (8 times the work). Default False.
     precision : {'auto', 'float32', 'bfloat16'}, optional
         Arithmetic of the network, as in :func:`train_membrane`; 'auto'
         (default) takes bfloat16 where the device computes it natively.
+    frame : tuple of 4 int, optional
+        ``(y0, x0, height, width)``: where ``volume`` lies in the slices it was cut from.
+        Tiles are then placed as on the whole slices and only those wholly inside
+        ``volume`` are computed, so a block read with a halo of ``min(tile, height) - 1``
+        pixels (and the model's ``context`` slices along z) predicts its core exactly as the
+        whole volume would.  Pixels that no such tile covers are NaN.
+    slice_stats : tuple of two arrays, optional
+        Intensity mean and standard deviation of each whole slice, for a model trained with
+        ``normalise='slice'`` applied to a block of the slices.
 
     Returns
     -------
@@ -623,46 +633,57 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
     device = _resolve_device(device)
     precision = _resolve_precision(precision, device)
     net = model.network.to(device=device, memory_format=torch.channels_last).eval()
-    volume = _normalise(volume, model.mean, model.std, model.hyperparameters.get("normalise") == "slice")
-    tiling = dict(device=device, tile=tile, overlap=overlap, batch_size=batch_size, precision=precision)
-    if not augment:
-        return _predict_tiles(net, model, volume, **tiling)
-    total = np.zeros(volume.shape, np.float32)
-    for k in range(8):
-        turned = np.ascontiguousarray(_dihedral_stack(volume, k))
-        total += _dihedral_stack(_predict_tiles(net, model, turned, **tiling), k, inverse=True)
-    return total / 8
+    per_slice = model.hyperparameters.get("normalise") == "slice"
+    volume = _normalise(volume, model.mean, model.std, per_slice, slice_stats if per_slice else None)
+    ny, nx = volume.shape[1:]
+    frame = (0, 0, ny, nx) if frame is None else tuple(int(v) for v in frame)
+    return _predict_tiles(net, model, volume, device=device, tile=tile, overlap=overlap, batch_size=batch_size,
+                          precision=precision, augment=bool(augment), frame=frame)
 
 
-def _dihedral_stack(stack, k, inverse=False):
-    """Apply dihedral transform ``k`` (0..7) to every slice of a ZYX stack, or undo it."""
+def _dihedral(tiles, k, inverse=False):
+    """Apply dihedral transform ``k`` (0..7: 4 rotations, optionally mirrored) to the last two axes, or undo it."""
     if inverse:
-        stack = stack[:, :, ::-1] if k >= 4 else stack
-        return np.rot90(stack, -(k % 4), axes=(1, 2))
-    stack = np.rot90(stack, k % 4, axes=(1, 2))
-    return stack[:, :, ::-1] if k >= 4 else stack
+        tiles = tiles[..., ::-1] if k >= 4 else tiles
+        return np.rot90(tiles, -(k % 4), axes=(-2, -1))
+    tiles = np.rot90(tiles, k % 4, axes=(-2, -1))
+    return tiles[..., ::-1] if k >= 4 else tiles
 
 
-def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, precision):
-    """Blend the network's predictions over overlapping tiles of every slice."""
+def _tiles_inside(start: int, size: int, whole: int, tile: int, step: int) -> list[int]:
+    """Return the starts, relative to ``start``, of the whole slice's tiles within ``[start, start + size)``."""
+    starts = _tile_starts(whole, tile, step)
+    return [first - start for first in starts if start <= first and first + tile <= start + size]
+
+
+def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, precision, augment, frame):
+    """Blend the network's predictions over overlapping tiles of every slice (each tile's 8 views with ``augment``)."""
     nz, ny, nx = volume.shape
+    y0, x0, height, width = frame
     context = int(model.hyperparameters.get("context", 0))
-    th, tw = min(tile, ny), min(tile, nx)
+    th, tw = min(tile, height), min(tile, width)
     weight = np.outer(_window_1d(th, overlap), _window_1d(tw, overlap))
     jobs = [(z, y, x) for z in range(nz)
-            for y in _tile_starts(ny, th, max(1, th - overlap))
-            for x in _tile_starts(nx, tw, max(1, tw - overlap))]
+            for y in _tiles_inside(y0, ny, height, th, max(1, th - overlap))
+            for x in _tiles_inside(x0, nx, width, tw, max(1, tw - overlap))]
     total = np.zeros(volume.shape, np.float32)
     norm = np.zeros(volume.shape, np.float32)
+    views = range(8) if augment else range(1)
     with torch.inference_mode(), _autocast(device, precision):
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i:i + batch_size]
             xb = np.stack([volume[_context(z, nz, context), y:y + th, x:x + tw] for z, y, x in chunk])
-            xt = torch.from_numpy(xb).to(device)
-            xt = pad_to_multiple(xt, 2**net.depth).contiguous(memory_format=torch.channels_last)
-            prob = torch.sigmoid(net(xt)[:, 0, :th, :tw]).float().cpu().numpy()
+            prob = np.zeros((len(chunk), th, tw), np.float32)
+            for k in views:
+                view = np.ascontiguousarray(_dihedral(xb, k))
+                xt = pad_to_multiple(torch.from_numpy(view).to(device), 2**net.depth)
+                out = torch.sigmoid(net(xt.contiguous(memory_format=torch.channels_last))[:, 0, :view.shape[-2],
+                                                                                           :view.shape[-1]])
+                prob += _dihedral(out.float().cpu().numpy(), k, inverse=True)
+            prob /= len(views)
             for (z, y, x), p in zip(chunk, prob):
                 total[z, y:y + th, x:x + tw] += p * weight
                 norm[z, y:y + th, x:x + tw] += weight
-    out = total / norm
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = total / norm
     return np.clip(out, 0.0, 1.0, out=out)

@@ -204,3 +204,25 @@ def test_isbi_2012_held_out_pixel_error_meets_the_floor(isbi_path):
     error = pixel_scores(predict_membrane(model, image[20:30]), membrane[20:30]).pixel_error
     assert model.iterations == 3000
     assert error <= 0.075, error  # a raw intensity threshold: 0.189
+
+
+@pytest.mark.parametrize("normalise, context, augment", [("stack", 0, False), ("slice", 1, True)])
+def test_blocks_read_with_a_tile_of_halo_predict_what_the_whole_volume_does(normalise, context, augment):
+    from neuropipe.blockwise.grid import block_grid, grow, slices
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (9, 70, 90)).astype(np.uint8)
+    model = train_membrane(image, rng.random(image.shape) > 0.7, iterations=2, width=4, depth=2, crop=32,
+                           batch_size=2, precision="float32", context=context, normalise=normalise, progress=False)
+    options = dict(tile=32, overlap=8, precision="float32", augment=augment, batch_size=3)
+    whole = predict_membrane(model, image, **options)
+    means, stds = image.mean(axis=(1, 2)), image.std(axis=(1, 2))
+    for block in [(4, 30, 40), (3, 17, 64), (9, 70, 90)]:  # none but the last divides the volume
+        stitched = np.full(image.shape, np.nan, np.float32)
+        for _, core in block_grid(image.shape, block):
+            read = grow(core, (context, 31, 31), image.shape)
+            (z0, z1), (y0, _), (x0, _) = read
+            part = predict_membrane(model, image[slices(read)], frame=(y0, x0, 70, 90),
+                                    slice_stats=(means[z0:z1], stds[z0:z1]), **options)
+            stitched[slices(core)] = part[slices(core, read)]
+        np.testing.assert_allclose(stitched, whole, rtol=0, atol=1e-6, err_msg=str(block))
