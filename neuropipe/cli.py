@@ -204,6 +204,12 @@ def _status(args) -> int:
     print(f"{'table':<20}" + "".join(f"{name:>9}" for name in columns) + "  running on")
     for row in status.table_progress(tables):
         print(f"{row['table']:<20}" + "".join(f"{row[name]:>9}" for name in columns) + "  " + " ".join(row["workers"]))
+    blocks = status.block_progress(tables)
+    if blocks:
+        print(f"\n{'blocks of':<20}{'dataset':<24}{'done':>14}{'running':>9}{'error':>9}")
+        for row in blocks:
+            done = f"{row['done']}/{row['total']}"
+            print(f"{row['table']:<20}{row['dataset']:<24}{done:>14}{row['running']:>9}{row['error']:>9}")
     workers = status.live_workers()
     print(f"\n{len(workers)} live worker(s)")
     for worker in workers:

@@ -26,6 +26,27 @@ def table_progress(tables) -> list[dict]:
     return rows
 
 
+def block_progress(tables) -> list[dict]:
+    """Per blockwise table and dataset: blocks done of all, and jobs pending, running, failed.
+
+    A block whose job failed is retried alone; the others of its volume stay done.
+    """
+    from neuropipe.blockwise import PerBlock
+
+    rows = []
+    for table in tables:
+        if not issubclass(table, PerBlock):
+            continue
+        jobs = table().jobs
+        for dataset in sorted(set(table().key_source.to_arrays("dataset"))):
+            where = {"dataset": dataset}
+            counts = {status: len(jobs & where & {"status": status}) for status in ("pending", "reserved", "error")}
+            rows.append(dict(table=table.__name__, dataset=dataset, done=len(table() & where),
+                             total=len(table().key_source & where), pending=counts["pending"],
+                             running=counts["reserved"], error=counts["error"]))
+    return rows
+
+
 def live_workers() -> list[dict]:
     """Return the registered workers that are running, stopping or lost, newest first."""
     now = registry.server_now(registry.Worker.connection)

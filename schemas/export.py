@@ -20,6 +20,7 @@ import numpy as np
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
 from neuropipe.io import open_source, parse_bbox, parse_source
+from neuropipe.io.stored import open_stored
 from neuropipe.io.targets import CONTENTS, parse_target, write_volume
 from schemas.detection import CellDetection
 from schemas.membrane import MembraneMap
@@ -111,7 +112,7 @@ class _Export:
         uri = _filled((ExportTarget & key).fetch1("uri"), key)
         self._refuse_a_place_taken(key, uri)
         create = bool((ExportTarget & key).fetch1("create"))
-        array = np.asarray((self.result & key).fetch1(self.attribute))
+        array = np.asarray(open_stored((self.result & key).fetch1(self.attribute)))
         dataset = (Dataset & key).fetch1()
         started = time.monotonic()
         written = write_volume(uri, array, content=self.content, offset_zyx=_dataset_origin(dataset),

@@ -1,17 +1,20 @@
-"""Membrane probability maps: a 2D U-Net trained on annotated slices, then applied.
+"""Membrane probability maps: a 2D U-Net trained on annotated slices, then applied block by block.
 
 :class:`MembraneModel` trains one model per training annotation and
-:class:`TrainingParams` set; :class:`MembraneMap` applies every model to every volume
-under each :class:`InferenceParams` set.  Restrict ``populate`` (or delete rows) where a
+:class:`TrainingParams` set; :class:`MembraneBlock` applies every model to every block of
+every volume under each :class:`InferenceParams` set, and :class:`MembraneMap` records the map
+once all its blocks are done.  Restrict ``populate`` (or delete rows) where a
 lab wants fewer combinations.
 """
 
+import functools
+
 import numpy as np
 
-from neuropipe import ops
+from neuropipe import blockwise, ops
 from neuropipe.database import import_datajoint
 from neuropipe.params import ParamSet, fraction, non_negative, non_negative_int, positive
-from schemas.volume import Annotation, AnnotationVolume, Volume
+from schemas.volume import Annotation, AnnotationVolume, Volume, VolumeBlocks
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -110,31 +113,87 @@ class MembraneModel(dj.Computed):
 
 
 @schema
-class MembraneMap(dj.Computed):
-    """Membrane probability of every voxel of a volume, from one model.
+class MembraneBlock(blockwise.PerBlock, dj.Computed):
+    """The membrane probability of one block of a volume, written into its map's zarr array.
 
-    Attributes
-    ----------
-    probability : ndarray of float32 (via ``<npy@neuropipe>``)
-        ZYX, in [0, 1].
+    The block is read with a halo of one tile (and the model's context slices), tiles are
+    placed as on the whole slices and each slice is normalised by the whole slice's
+    statistics, so the blocks of a map equal the whole-volume prediction.
     """
 
+    grid = VolumeBlocks
+    output_dtype = "float32"
     definition = """
-    -> Volume
+    -> VolumeBlocks.Block
     -> MembraneModel.proj(training_dataset='dataset')
     -> InferenceParams
     ---
-    probability : <npy@neuropipe>         # float32 ZYX membrane probability
+    probability_sum : float64             # over the block's core, for the map's mean
+    """ + blockwise.PER_BLOCK_ATTRIBUTES
+
+    def halo(self, key):
+        """One tile in y and x (what whole-slice tiling needs), the model's context along z."""
+        tile = int(InferenceParams().fetch_params(key).get("tile", 256))
+        height, width = (VolumeBlocks & key).fetch1("height", "width")
+        context = int(_model(key).hyperparameters.get("context", 0))
+        needed = (context, min(tile, height) - 1, min(tile, width) - 1)
+        return tuple(max(a, b) for a, b in zip(needed, super().halo(key)))
+
+    def read(self, key, box):
+        """Read the image inside ``box``."""
+        return np.asarray(Volume.open_image(key)[blockwise.slices(box)])
+
+    def compute(self, key, image, block):
+        """Predict the block's core with the model, tiled as the whole volume would be."""
+        (z0, z1), (y0, _), (x0, _) = block.read
+        means, stds = (Volume & key).fetch1("slice_mean", "slice_std")
+        probability = ops.predict_membrane(_model(key), image, frame=(y0, x0, *block.volume_shape[1:]),
+                                           slice_stats=(means[z0:z1], stds[z0:z1]),
+                                           **InferenceParams().fetch_params(key))[block.core_in_read]
+        return probability, {"probability_sum": float(probability.sum(dtype=np.float64))}
+
+
+@schema
+class MembraneMap(dj.Computed):
+    """Membrane probability of every voxel of a volume, from one model, assembled from its blocks.
+
+    Attributes
+    ----------
+    probability : zarr array of float32 (via ``<object@neuropipe>``)
+        ZYX, in [0, 1], chunked by block; ``neuropipe.io.stored.open_stored`` opens it.
+    """
+
+    definition = """
+    -> VolumeBlocks
+    -> MembraneModel.proj(training_dataset='dataset')
+    -> InferenceParams
+    ---
+    probability : <object@neuropipe>      # float32 ZYX membrane probability (zarr)
     mean_probability : float64
     """
 
+    @property
+    def key_source(self):
+        """Maps whose every block is done."""
+        return blockwise.complete(super().key_source, MembraneBlock)
+
     def make(self, key):
-        """Predict the membrane probability of the volume with the model."""
-        image = np.asarray(Volume.open_image(key))
-        model_key = dict(key, dataset=key["training_dataset"])
-        model = ops.MembraneModel.from_bytes(_read_bytes((MembraneModel & model_key).fetch1("model")))
-        probability = ops.predict_membrane(model, image, **InferenceParams().fetch_params(key))
-        self.insert1(dict(key, probability=probability, mean_probability=float(probability.mean())))
+        """Record the map its blocks wrote."""
+        total = (MembraneBlock & key).to_arrays("probability_sum").sum()
+        voxels = np.prod((VolumeBlocks & key).fetch1("depth", "height", "width"), dtype=np.float64)
+        self.insert1(dict(key, probability=blockwise.output_reference(MembraneBlock(), key),
+                          mean_probability=float(total / voxels)))
+
+
+def _model(key: dict) -> ops.MembraneModel:
+    """Return the membrane model a key names (its training dataset's), loaded once per process."""
+    return _load_model(MembraneModel.full_table_name, key["training_dataset"], key["training_id"])
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(table: str, dataset: str, training_id: str) -> ops.MembraneModel:
+    reference = (MembraneModel & {"dataset": dataset, "training_id": training_id}).fetch1("model")
+    return ops.MembraneModel.from_bytes(_read_bytes(reference))
 
 
 def _read_bytes(reference) -> bytes:

@@ -9,6 +9,7 @@ import numpy as np
 
 from neuropipe import ops
 from neuropipe.database import import_datajoint
+from neuropipe.io.stored import open_stored
 from neuropipe.params import ParamSet, fraction, positive
 from schemas.detection import CellDetection
 from schemas.membrane import MembraneMap
@@ -71,7 +72,7 @@ class MembraneMetrics(dj.Computed):
     def make(self, key):
         """Score the probability map against the annotation."""
         options = scoring_options(**MetricsParams().fetch_params(key))
-        probability = np.asarray((MembraneMap & key).fetch1("probability"))
+        probability = np.asarray(open_stored((MembraneMap & key).fetch1("probability")))
         membrane, cells = (AnnotationVolume & key).fetch1("membrane", "cells")
         scores = ops.pixel_scores(probability, np.asarray(membrane), threshold=options["threshold"])
         voxel_size = (Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")

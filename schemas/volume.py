@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from neuropipe import ops
+from neuropipe import blockwise, ops
 from neuropipe.config import load_settings
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
@@ -155,6 +155,8 @@ class Volume(dj.Imported):
     intensity_min : float64
     intensity_max : float64
     intensity_mean : float64
+    slice_mean : <blob>                   # intensity mean of each z plane
+    slice_std : <blob>                    # and its standard deviation
     """
 
     @classmethod
@@ -194,7 +196,8 @@ def _volume_row(key: dict, shape, dtype, statistics: stored.Statistics, **image)
     depth, height, width = shape
     return dict(key, depth=depth, height=height, width=width, dtype=np.dtype(dtype).name,
                 intensity_min=statistics.minimum, intensity_max=statistics.maximum,
-                intensity_mean=statistics.mean, **image)
+                intensity_mean=statistics.mean, slice_mean=statistics.slice_mean, slice_std=statistics.slice_std,
+                **image)
 
 
 def _shifted(part, box):
@@ -204,6 +207,40 @@ def _shifted(part, box):
 def _log_progress(key: dict, done: int, total: int, seconds: float) -> None:
     if total >= 10 and done % max(1, total // 10) == 0:
         logger.info("Volume %s: %d of %d blocks imported in %.0f s", key["dataset"], done, total, seconds)
+
+
+@schema
+class Blocking(dj.Lookup):
+    """Block shapes that steps cut volumes into (see :mod:`neuropipe.blockwise`).
+
+    A volume within one block is processed whole.  Steps read more halo than ``halo_*`` where
+    their computation needs it to give the whole-volume result (the membrane U-Net: a tile).
+    Each row multiplies the maps and detections made, so keep one unless comparing.
+    """
+
+    definition = blockwise.BLOCKING_DEFINITION
+    contents = [("default", 32, 1024, 1024, 0, 0, 0)]
+
+
+@schema
+class VolumeBlocks(blockwise.BlockGrid, dj.Computed):
+    """The blocks of a volume under one block shape, one part row each."""
+
+    blocking = Blocking
+    definition = """
+    -> Volume
+    -> Blocking
+    ---
+    """ + blockwise.GRID_ATTRIBUTES
+
+    class Block(dj.Part):
+        """One block: grid coordinates and core box."""
+
+        definition = blockwise.BLOCK_DEFINITION
+
+    def volume_shape(self, key):
+        """Return the volume's ZYX extent."""
+        return tuple(int(v) for v in (Volume & key).fetch1("depth", "height", "width"))
 
 
 @schema

@@ -5,3 +5,23 @@ DataJoint: a table of blocks per volume and block shape, Computed tables whose `
 one block plus its halo, and an output zarr array in the store that each block writes its own
 region of.
 """
+
+from neuropipe.blockwise.grid import block_grid, grow, slices
+from neuropipe.blockwise.tables import (
+    BLOCK_DEFINITION,
+    BLOCKING_DEFINITION,
+    GRID_ATTRIBUTES,
+    PER_BLOCK_ATTRIBUTES,
+    Block,
+    BlockGrid,
+    PerBlock,
+    complete,
+    open_output,
+    open_result,
+    output_key,
+    output_reference,
+)
+
+__all__ = ["BLOCKING_DEFINITION", "BLOCK_DEFINITION", "GRID_ATTRIBUTES", "PER_BLOCK_ATTRIBUTES", "Block", "BlockGrid",
+           "PerBlock", "block_grid", "complete", "grow", "open_output", "open_result", "output_key",
+           "output_reference", "slices"]

@@ -22,11 +22,17 @@ COPY_BLOCK = (64, 1024, 1024)  # ZYX voxels read from a source at a time (a whol
 
 @dataclass(frozen=True)
 class Statistics:
-    """Intensity statistics of a volume, gathered block by block."""
+    """Intensity statistics of a volume, gathered block by block.
+
+    ``slice_mean`` and ``slice_std`` hold one value per z plane: a model that normalises each
+    slice by its own statistics needs the whole slice's when it sees a block of it.
+    """
 
     minimum: float
     maximum: float
     mean: float
+    slice_mean: np.ndarray
+    slice_std: np.ndarray
 
 
 def create_zarr(fsmap, shape, dtype, chunks=None):
@@ -77,22 +83,28 @@ def copy_in_blocks(read: Callable, shape, target, *, block=None, progress=None) 
     block = block or COPY_BLOCK
     starts = [range(0, size, step) for size, step in zip(shape, block)]
     boxes = list(product(*starts))
-    low, high, total = np.inf, -np.inf, 0.0
+    low, high = np.inf, -np.inf
+    sums, squares = np.zeros(shape[0]), np.zeros(shape[0])
     began = time.monotonic()
     for done, corner in enumerate(boxes, 1):
         slices = tuple(slice(start, min(start + step, size)) for start, step, size in zip(corner, block, shape))
         part = read(slices)
         target[slices] = part
         low, high = min(low, float(part.min())), max(high, float(part.max()))
-        total += float(part.sum(dtype=np.float64))
+        sums[slices[0]] += part.sum(axis=(1, 2), dtype=np.float64)
+        squares[slices[0]] += np.square(part, dtype=np.float64).sum(axis=(1, 2))
         if progress:
             progress(done, len(boxes), time.monotonic() - began)
-    return Statistics(low, high, total / float(np.prod(shape)))
+    pixels = float(shape[1] * shape[2])
+    slice_mean = sums / pixels
+    slice_std = np.sqrt(np.maximum(squares / pixels - slice_mean**2, 0.0))
+    return Statistics(low, high, float(sums.sum() / (pixels * shape[0])), slice_mean, slice_std)
 
 
 def statistics(array: np.ndarray) -> Statistics:
     """Return the statistics of an array held in memory."""
-    return Statistics(float(array.min()), float(array.max()), float(array.mean(dtype=np.float64)))
+    return Statistics(float(array.min()), float(array.max()), float(array.mean(dtype=np.float64)),
+                      array.mean(axis=(1, 2), dtype=np.float64), array.std(axis=(1, 2), dtype=np.float64))
 
 
 def _zarr_store(fsmap):

@@ -22,6 +22,17 @@ def fragment_ids(labels: np.ndarray, block_index: int) -> np.ndarray:
     return out
 
 
+def centroid_ids(centroids: np.ndarray, volume_shape) -> np.ndarray:
+    """Name cells by their centroid: 1 + the raster index of its nearest voxel (uint64).
+
+    Blocks that find the same cell near their common face find the same centroid, so they
+    write its voxels under the same id without talking to each other.
+    """
+    voxels = np.clip(np.rint(np.asarray(centroids, float).reshape(-1, 3)).astype(np.int64), 0,
+                     np.asarray(volume_shape) - 1)
+    return np.ravel_multi_index(tuple(voxels.T), tuple(volume_shape)).astype(np.uint64) + np.uint64(1)
+
+
 def crossing_offsets(connectivity: int, axis: int, planar: bool = False) -> list[tuple[int, int]]:
     """Return the shifts, within a boundary plane, that a step across it may take.
 
@@ -149,9 +160,44 @@ def number_components(roots: np.ndarray, first_voxels: np.ndarray, voxel_counts:
     return label_of[component], unique_roots[keep]
 
 
+def pieces(ids: np.ndarray, values: np.ndarray | None = None, *, origin=(0, 0, 0), volume_shape=None) -> dict:
+    """Describe the labelled pieces of a block's core for assembling them across blocks.
+
+    Parameters
+    ----------
+    ids : ndarray of uint64
+        The core's piece ids (0 = none).
+    values : ndarray of float, optional
+        Summed per piece (e.g. a probability, for the mean over a whole object).
+    origin, volume_shape : tuple of int
+        Where the core starts in the volume, and the volume's shape (for raster indices).
+
+    Returns
+    -------
+    dict
+        ``ids`` (sorted), ``first_voxels`` (raster index in the volume of each piece's first
+        voxel), ``voxel_counts``, ``coordinate_sums`` (N x 3, ZYX, volume coordinates) and
+        ``value_sums``.
+    """
+    flat = ids.ravel()
+    present = np.flatnonzero(flat)
+    unique, inverse = np.unique(flat[present], return_inverse=True)
+    count = len(unique)
+    coords = [c + o for c, o in zip(np.unravel_index(present, ids.shape), origin)]
+    raster = np.ravel_multi_index(coords, volume_shape or ids.shape).astype(np.int64)
+    first = np.full(count, np.iinfo(np.int64).max)
+    np.minimum.at(first, inverse, raster)
+    sums = np.stack([np.bincount(inverse, weights=c, minlength=count) for c in coords], axis=1) if count \
+        else np.zeros((0, 3))
+    value_sums = (np.bincount(inverse, weights=values.ravel()[present], minlength=count) if values is not None
+                  else np.zeros(count))
+    return dict(ids=unique.astype(np.uint64), first_voxels=first, voxel_counts=np.bincount(inverse, minlength=count),
+                coordinate_sums=sums, value_sums=value_sums)
+
+
 def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, voxel_size=None, origin=(0, 0, 0),
-                    volume_shape=None) -> dict:
-    """Label one block's core and describe its fragments for stitching.
+                    volume_shape=None, values=None) -> tuple[np.ndarray, dict]:
+    """Label one block's core; return its fragment ids and their :func:`pieces`.
 
     Parameters
     ----------
@@ -159,34 +205,36 @@ def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, vo
         The block's core (no halo).
     block_index : int
         Linear index of the block in its grid (makes the fragment ids unique).
-    origin, volume_shape : tuple of int
-        Where the core starts in the volume, and the volume's shape (for raster indices).
-
-    Returns
-    -------
-    dict
-        ``fragments`` (uint64 ZYX ids), ``ids``, ``first_voxels`` (raster index in the volume),
-        ``voxel_counts``, ``sums`` (ZYX coordinate sums, for centroids).
     """
     from neuropipe.ops.components import label_components
 
     found = label_components(mask, connectivity=connectivity, voxel_size=voxel_size)
-    count = found.count
-    labels = found.labels
-    flat = labels.ravel()
-    present = flat > 0
-    positions = np.flatnonzero(present)
-    values = flat[present].astype(np.int64) - 1
-    coords = np.unravel_index(positions, labels.shape)
-    global_coords = [c + o for c, o in zip(coords, origin)]
-    raster = np.ravel_multi_index(global_coords, volume_shape or labels.shape).astype(np.int64)
-    first = np.full(count, np.iinfo(np.int64).max)
-    np.minimum.at(first, values, raster)
-    sums = np.stack([np.bincount(values, weights=c, minlength=count) for c in global_coords], axis=1) \
-        if count else np.zeros((0, 3))
-    ids = (np.arange(1, count + 1, dtype=np.uint64) | (np.uint64(block_index + 1) << np.uint64(BLOCK_ID_SHIFT)))
-    return dict(fragments=fragment_ids(labels, block_index), ids=ids, first_voxels=first,
-                voxel_counts=np.bincount(values, minlength=count).astype(np.int64), sums=sums)
+    fragments = fragment_ids(found.labels, block_index)
+    return fragments, pieces(fragments, values, origin=origin, volume_shape=volume_shape)
+
+
+def stitch_pairs(read_plane, shape, block, connectivity: int, planar: bool) -> np.ndarray:
+    """Return every fragment pair touching across the block boundaries of a volume.
+
+    ``read_plane(axis, index, box)`` returns the fragment ids of plane ``index`` normal to
+    ``axis`` inside ``box`` (the other two axes' ranges); planes are read one block face at a
+    time (grown by one voxel for diagonal steps), so memory stays that of a face.
+    """
+    from neuropipe.blockwise.grid import block_grid
+
+    found = [np.empty((0, 2), np.uint64)]
+    for index, core in block_grid(shape, block):
+        for axis in range(3):
+            offsets = crossing_offsets(connectivity, axis, planar)
+            if index[axis] == 0 or not offsets:
+                continue
+            boundary = core[axis][0]
+            box = [(max(0, start - 1), min(size, stop + 1)) for (start, stop), size in zip(core, shape)]
+            del box[axis]
+            found.append(boundary_pairs(read_plane(axis, boundary - 1, box), read_plane(axis, boundary, box),
+                                        offsets))
+    pairs = np.concatenate(found)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
 def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxel_size=None, dust: int = 0,
@@ -199,26 +247,38 @@ def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxe
     from neuropipe.blockwise.grid import block_grid, slices
     from neuropipe.ops.components import thick_sections
 
-    planar = voxel_size is not None and thick_sections(voxel_size)
     fragments = np.zeros(mask.shape, np.uint64)
     described = []
-    grid = block_grid(mask.shape, block)
-    for linear, (_, core) in enumerate(grid):
-        part = block_fragments(mask[slices(core)], linear, connectivity=connectivity, voxel_size=voxel_size,
-                               origin=[start for start, _ in core], volume_shape=mask.shape)
-        fragments[slices(core)] = part["fragments"]
+    for linear, (_, core) in enumerate(block_grid(mask.shape, block)):
+        ids, part = block_fragments(mask[slices(core)], linear, connectivity=connectivity, voxel_size=voxel_size,
+                                    origin=[start for start, _ in core], volume_shape=mask.shape)
+        fragments[slices(core)] = ids
         described.append(part)
-    pairs = [boundary_pairs(np.take(fragments, c - 1, axis=axis), np.take(fragments, c, axis=axis),
-                            crossing_offsets(connectivity, axis, planar))
-             for axis in range(3) for c in range(block[axis], mask.shape[axis], block[axis])]
+
+    def read_plane(axis, index, box):
+        box = list(box)
+        box.insert(axis, (index, index + 1))
+        return np.take(fragments[slices(box)], 0, axis=axis)
+
+    planar = voxel_size is not None and thick_sections(voxel_size)
+    pairs = stitch_pairs(read_plane, mask.shape, block, connectivity, planar)
     ids = np.concatenate([part["ids"] for part in described])
-    roots = merge_fragments(ids, np.concatenate(pairs) if pairs else np.empty((0, 2), np.uint64))
+    roots = merge_fragments(ids, pairs)
     labels, _ = number_components(roots, np.concatenate([part["first_voxels"] for part in described]),
                                   np.concatenate([part["voxel_counts"] for part in described]),
                                   dust=dust, max_count=max_count)
+    return relabel(fragments, ids, labels)
+
+
+def relabel(fragments: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Replace each piece id in ``fragments`` by its label (ids not listed become 0)."""
     order = np.argsort(ids)
+    sorted_ids = ids[order]
     lookup = np.concatenate([[0], labels[order]]).astype(np.uint32)
     index = np.zeros(fragments.shape, np.int64)
     present = fragments > 0
-    index[present] = np.searchsorted(ids[order], fragments[present]) + 1
+    position = np.searchsorted(sorted_ids, fragments[present])
+    position = np.minimum(position, max(len(sorted_ids) - 1, 0))
+    known = sorted_ids[position] == fragments[present] if len(sorted_ids) else np.zeros(position.shape, bool)
+    index[present] = np.where(known, position + 1, 0)
     return lookup[index]

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from neuropipe import demo
+from neuropipe.io.stored import open_stored
 from neuropipe.worker import pipeline_tables, run_worker
 
-TABLES = ("Volume", "AnnotationVolume", "MembraneModel", "MembraneMap", "CellDetection", "MembraneMetrics",
-          "DetectionMetrics")
+TABLES = ("Volume", "VolumeBlocks", "AnnotationVolume", "MembraneModel", "MembraneBlock", "MembraneMap",
+          "DetectionBlock", "CellDetection", "MembraneMetrics", "DetectionMetrics")
 
 
 @pytest.mark.slow
@@ -18,8 +19,9 @@ def test_synthetic_sample_end_to_end(pipeline, settings, tmp_path):
     results = demo.run_demo(plan, settings, connection=pipeline.volume.schema.connection)
 
     assert results["failed"] == {}
-    assert results["rows"] == {"Volume": 2, "AnnotationVolume": 2, "MembraneModel": 1, "MembraneMap": 2,
-                               "CellDetection": 2, "MembraneMetrics": 2, "DetectionMetrics": 2}
+    assert results["rows"] == {"Volume": 2, "VolumeBlocks": 2, "AnnotationVolume": 2, "MembraneModel": 1,
+                               "MembraneBlock": 2, "MembraneMap": 2, "DetectionBlock": 2, "CellDetection": 2,
+                               "MembraneMetrics": 2, "DetectionMetrics": 2}  # one block each: small volumes
     held_out = {row["dataset"]: row for row in results["membrane"]}["sample_eval"]
     assert held_out["pixel_error"] < 0.15, held_out  # a raw threshold gives 0.18 on this sample
     detection = {row["dataset"]: row for row in results["detection"]}["sample_eval"]
@@ -47,7 +49,7 @@ def test_every_computed_row_records_its_provenance(pipeline, settings, tmp_path)
     model = (membrane.MembraneModel & {"dataset": "sample_train"}).fetch1()
     assert model["iterations"] == 20 and model["device"] == "cpu"
     detections = pipeline.detection.CellDetection.Cell & {"dataset": "sample_eval"}
-    labels = np.asarray((pipeline.detection.CellDetection & {"dataset": "sample_eval"}).fetch1("labels"))
+    labels = np.asarray(open_stored((pipeline.detection.CellDetection & {"dataset": "sample_eval"}).fetch1("labels")))
     assert len(detections) == labels.max() > 0
 
 
@@ -96,9 +98,9 @@ def test_isbi_2012_end_to_end_from_a_boss_server(pipeline, settings, isbi_path, 
         pushed_cells = server.array("isbi", "train", "cells")[8:12]
     assert results["failed"] == {} and set(results["rows"]) == set(TABLES)
     assert tally["ProbabilityExport"].made == tally["LabelExport"].made == 1
-    probability = np.asarray((pipeline.membrane.MembraneMap & {"dataset": "boss_eval"}).fetch1("probability"))
+    probability = np.asarray(open_stored((pipeline.membrane.MembraneMap & {"dataset": "boss_eval"}).fetch1("probability")))
     np.testing.assert_array_equal(pushed_map, np.rint(probability * 255).astype(np.uint8))
-    labels = np.asarray((pipeline.detection.CellDetection & {"dataset": "boss_eval"}).fetch1("labels"))
+    labels = np.asarray(open_stored((pipeline.detection.CellDetection & {"dataset": "boss_eval"}).fetch1("labels")))
     np.testing.assert_array_equal(pushed_cells, labels)
     volume = pipeline.volume
     assert (volume.Dataset & {"dataset": "boss_eval"}).fetch1("bbox", "voxel_z_nm") == ("108:112,0:512,0:512", 50.0)

@@ -16,30 +16,34 @@ BOX = "10:14,100:140,200:248"  # the dataset's box in its source: exports land t
 
 @pytest.fixture
 def results(pipeline, tmp_path):
-    """A dataset with one membrane map and one detection, inserted as a worker would have made them."""
+    """A dataset with one membrane map and one detection, made by the workers from a tiny model."""
+    from neuropipe import ops
+    from neuropipe.io.stored import open_stored
+
     rng = np.random.default_rng(5)
-    probability = rng.random(SHAPE, dtype=np.float32)
-    labels = np.zeros(SHAPE, np.uint32)
-    labels[1:3, 5:15, 5:15], labels[0:4, 20:30, 30:40] = 1, 2
-    np.save(tmp_path / "raw.npy", rng.integers(0, 255, size=(16, 150, 260), dtype=np.uint8))
+    raw = rng.integers(0, 255, size=(16, 150, 260), dtype=np.uint8)
+    np.save(tmp_path / "raw.npy", raw)
     volume, membrane, detection = pipeline.volume, pipeline.membrane, pipeline.detection
     key = dict(dataset="d")
     volume.Dataset.insert1(dict(key, source=f"file://{tmp_path}/raw.npy", bbox=BOX, voxel_z_nm=30.0,
                                 voxel_y_nm=4.0, voxel_x_nm=4.0))
-    volume.Volume.insert1(dict(key, image=np.zeros(SHAPE, np.uint8), depth=4, height=40, width=48, dtype="uint8",
-                               intensity_min=0, intensity_max=1, intensity_mean=0.5), allow_direct_insert=True)
-    volume.Annotation.insert1(dict(key, kind="cells", purpose="train", source=f"file://{tmp_path}/raw.npy"))
-    volume.AnnotationVolume.insert1(dict(key, membrane=labels == 0, cells=labels, cell_count=2, membrane_fraction=0.5),
-                                    allow_direct_insert=True)
+    np.save(tmp_path / "membrane.npy", (raw > 128).astype(np.uint8))
+    volume.Annotation.insert1(dict(key, kind="membrane", purpose="train", source=f"file://{tmp_path}/membrane.npy",
+                                   bbox=BOX))
+    model = ops.train_membrane(raw[:4, :32, :32], raw[:4, :32, :32] > 128, iterations=1, width=4, depth=2, crop=16,
+                               batch_size=2, precision="float32", progress=False)
     training = membrane.TrainingParams.insert_params({"iterations": 1})
-    membrane.MembraneModel.insert1(dict(key, **training, model=b"weights", iterations=1, train_seconds=1.0,
+    run_worker(pipeline_tables([volume]), max_idle=0)
+    membrane.MembraneModel.insert1(dict(key, **training, model=model.to_bytes(), iterations=1, train_seconds=1.0,
                                         final_loss=0.1, device="cpu"), allow_direct_insert=True)
-    inference = membrane.InferenceParams.insert_params({"tile": 64})
-    map_key = dict(key, training_dataset="d", **training, **inference)
-    membrane.MembraneMap.insert1(dict(map_key, probability=probability, mean_probability=0.5),
-                                 allow_direct_insert=True)
-    found = detection.DetectionParams.insert_params({"threshold": 0.5})
-    detection.CellDetection.insert1(dict(map_key, **found, labels=labels, cell_count=2), allow_direct_insert=True)
+    inference = membrane.InferenceParams.insert_params({"tile": 64, "precision": "float32"})
+    found = detection.DetectionParams.insert_params({"method": "components", "threshold": 0.5, "min_voxels": 1})
+    run_worker(pipeline_tables([membrane, detection]), max_idle=0)
+    map_key = (membrane.MembraneMap & key).fetch1("KEY")
+    cells_key = dict(map_key, **found)
+    probability = np.asarray(open_stored((membrane.MembraneMap & map_key).fetch1("probability")))
+    labels = np.asarray(open_stored((detection.CellDetection & cells_key).fetch1("labels")))
+    assert probability.shape == labels.shape == SHAPE and labels.max() > 0
     return dict(key=map_key, probability=probability, labels=labels)
 
 
@@ -75,6 +79,7 @@ def test_results_go_to_zarr_and_precomputed_at_the_dataset_box(pipeline, results
     assert export(pipeline)["LabelExport"].made == 0
 
 
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
 def test_results_go_to_boss_channels_created_with_the_right_dtype(pipeline, results, monkeypatch):
     with BossServer() as server:
         boss_settings(monkeypatch, server)
@@ -105,6 +110,7 @@ def test_results_go_to_boss_channels_created_with_the_right_dtype(pipeline, resu
     assert (row["uri"], row["dtype"]) == ("bossdb://lab/exp/cells", "uint64")
 
 
+@pytest.mark.parametrize("settings", ["mysql"], indirect=True)
 def test_a_new_annotation_channel_in_the_dataset_experiment_names_its_image_channel(pipeline, results,
                                                                                     monkeypatch):
     with BossServer() as server:
@@ -128,26 +134,22 @@ def test_a_new_annotation_channel_in_the_dataset_experiment_names_its_image_chan
         (dict(content="meshes", uri="bossdb://lab/exp/cells"), "content must be one of"),
     ],
 )
-def test_malformed_targets_are_refused_at_insert(pipeline, results, row, message):
+def test_malformed_targets_are_refused_at_insert(pipeline, tmp_path, row, message):
+    pipeline.volume.Dataset.insert1(dict(dataset="d", source=f"file://{tmp_path}/raw.npy"))
     with pytest.raises(BadInputError, match=message):
         pipeline.export.ExportTarget.insert1(dict(dataset="d", target="t", **row))
     assert len(pipeline.export.ExportTarget()) == 0
 
 
+@pytest.mark.parametrize("settings", ["mysql"], indirect=True)
 def test_targets_that_cannot_take_the_result_fail_in_the_job_table(pipeline, results, tmp_path, monkeypatch):
-    zarr.create_array(store=str(tmp_path / "small.zarr"), shape=(4, 40, 48), dtype="uint8")
     zarr.create_array(store=str(tmp_path / "float.zarr"), shape=(4, 40, 48), dtype="float32")
-    wide = results["labels"].copy()
-    wide[0, 0, 0] = 300
-    key = (pipeline.detection.CellDetection & results["key"]).fetch1("KEY")
-    pipeline.detection.CellDetection.update1(dict(key, labels=wide))
     with BossServer() as server:
         boss_settings(monkeypatch, server)
         server.add_channel("lab", "exp", "em", np.zeros((16, 150, 260), np.uint8))
         server.add_channel("lab", "exp", "ids", np.zeros((16, 150, 260), np.uint64), channel_type="annotation")
         server.add_channel("lab", "tiny", "em", np.zeros((4, 40, 48), np.uint8))
         targets = {
-            "small": ("labels", f"file://{tmp_path}/small.zarr", "holds uint8 (at most 255); the labels reach 300"),
             "float": ("labels", f"file://{tmp_path}/float.zarr", "holds float32; labels need an integer target"),
             "ids": ("probability", "bossdb://lab/exp/ids", "a probability map needs a float, uint8 or uint16"),
             "nochannel": ("probability", "bossdb://lab/exp/missing", "no such channel (set create"),
@@ -169,10 +171,9 @@ def test_targets_that_cannot_take_the_result_fail_in_the_job_table(pipeline, res
 
 def test_two_results_are_not_written_to_one_place(pipeline, results, tmp_path):
     membrane = pipeline.membrane
-    other = membrane.InferenceParams.insert_params({"tile": 32})
-    second = dict(results["key"], **other)
-    membrane.MembraneMap.insert1(dict(second, probability=results["probability"] / 2, mean_probability=0.25),
-                                 allow_direct_insert=True)
+    membrane.InferenceParams.insert_params({"tile": 48, "precision": "float32"})
+    run_worker(pipeline_tables([membrane]), max_idle=0)
+    assert len(membrane.MembraneMap()) == 2
     pipeline.export.ExportTarget.insert1(dict(dataset="d", target="one", content="probability",
                                               uri=f"file://{tmp_path}/one.zarr"))
     tally = export(pipeline)

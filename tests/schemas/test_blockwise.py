@@ -1,0 +1,131 @@
+"""Blockwise maps and detections: blocks are rows, and their results equal the whole-volume ones."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from neuropipe import ops, status
+from neuropipe.io.stored import open_stored
+from neuropipe.worker import pipeline_tables, run_worker
+
+SHAPE = (12, 96, 112)
+COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 5, "max_cells": 10_000}
+SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 8, "dilation": 2, "max_cells": 10_000}
+
+
+@pytest.fixture
+def chain(pipeline, tmp_path):
+    """A synthetic volume with a tiny model, parameter sets, and a block shape that divides nothing."""
+    sample = ops.make_sample(SHAPE, seed=3, cell_diameter=12)
+    np.savez(tmp_path / "sample.npz", image=sample.image, cells=sample.cells)
+    volume, membrane, detection = pipeline.volume, pipeline.membrane, pipeline.detection
+    key = {"dataset": "s"}
+    volume.Dataset.insert1(dict(key, source=f"file://{tmp_path}/sample.npz#image"))
+    volume.Annotation.insert1(dict(key, kind="cells", purpose="train", source=f"file://{tmp_path}/sample.npz#cells"))
+    run_worker(pipeline_tables([volume]), max_idle=0)
+    membrane_mask = np.asarray((volume.AnnotationVolume & key).fetch1("membrane"))
+    model = ops.train_membrane(sample.image, membrane_mask, iterations=30, width=8, depth=2, crop=48, batch_size=4,
+                               precision="float32", progress=False, seed=0)
+    training = membrane.TrainingParams.insert_params({"iterations": 30})
+    membrane.MembraneModel.insert1(dict(key, **training, model=model.to_bytes(), iterations=30, train_seconds=1.0,
+                                        final_loss=0.1, device="cpu"), allow_direct_insert=True)
+    inference = membrane.InferenceParams.insert_params({"tile": 48, "overlap": 8, "precision": "float32"})
+    volume.Blocking.insert1(dict(blocking_id="small", size_z=5, size_y=40, size_x=48))
+    return dict(key=key, model=model, training=training, inference=inference, image=sample.image)
+
+
+def populate(pipeline):
+    return run_worker(pipeline_tables([pipeline.volume, pipeline.membrane, pipeline.detection]), max_idle=0)
+
+
+def result(table, key, attribute):
+    return np.asarray(open_stored((table & key).fetch1(attribute)))
+
+
+def test_blockwise_maps_and_components_equal_the_whole_volume(pipeline, chain):
+    detection = pipeline.detection
+    found = detection.DetectionParams.insert_params(COMPONENTS)
+    tally = populate(pipeline)
+    assert tally["MembraneBlock"].made == 3 * 3 * 3 + 1 and tally["DetectionBlock"].made == 3 * 3 * 3 + 1
+    whole, small = ({**chain["key"], "blocking_id": name} for name in ("default", "small"))
+    probability = result(pipeline.membrane.MembraneMap, whole, "probability")
+    np.testing.assert_allclose(result(pipeline.membrane.MembraneMap, small, "probability"), probability, atol=1e-6)
+    reference = ops.predict_membrane(chain["model"], chain["image"], tile=48, overlap=8, precision="float32")
+    np.testing.assert_allclose(probability, reference, atol=1e-6)
+
+    labels = result(detection.CellDetection, dict(whole, **found), "labels")
+    expected = ops.detect_cells(1.0 - probability.astype(np.float64), **COMPONENTS)
+    assert labels.max() > 20  # enough objects to cross faces, edges and corners of the small blocks
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_array_equal(result(detection.CellDetection, dict(small, **found), "labels"), expected.labels)
+    cells = (detection.CellDetection.Cell & small).to_dicts(order_by="cell_id")
+    np.testing.assert_allclose([[c["centroid_z"], c["centroid_y"], c["centroid_x"]] for c in cells],
+                               expected.centroids, atol=1e-9)
+    np.testing.assert_allclose([c["score"] for c in cells], expected.scores, atol=1e-9)
+    assert [c["voxel_count"] for c in cells] == expected.voxel_counts.tolist()
+
+
+def test_every_sphere_is_owned_by_one_block(pipeline, chain):
+    detection = pipeline.detection
+    found = detection.DetectionParams.insert_params(SPHERES)
+    populate(pipeline)
+    whole, small = ({**chain["key"], "blocking_id": name, **found} for name in ("default", "small"))
+
+    def centroids(key):
+        rows = (detection.CellDetection.Cell & key).to_arrays("centroid_z", "centroid_y", "centroid_x")
+        return np.stack(rows, axis=1)
+
+    reference, blockwise = centroids(whole), centroids(small)
+    assert len(reference) > 10
+    distances = np.linalg.norm(blockwise[:, None] - blockwise[None], axis=-1) + np.eye(len(blockwise)) * 99
+    assert distances.min() >= 1  # none counted twice
+    match = ops.match_centroids(blockwise, reference, radius=2.0)
+    assert match.recall >= 0.9 and match.precision >= 0.9, match  # greedy order differs near block faces only
+    labels = result(detection.CellDetection, small, "labels")
+    assert set(np.unique(labels)) == set(range(len(blockwise) + 1))
+
+
+def test_status_counts_blocks_and_a_failed_block_is_retried_alone(pipeline, chain, monkeypatch):
+    membrane = pipeline.membrane
+    original = membrane.MembraneBlock.compute
+
+    def flaky(self, key, data, block):
+        if block.index == (1, 1, 1):
+            raise ValueError("this block's input is bad")
+        return original(self, key, data, block)
+
+    monkeypatch.setattr(membrane.MembraneBlock, "compute", flaky)
+    run_worker(pipeline_tables([pipeline.volume, membrane]), max_idle=0)
+    progress = {(row["table"], row["dataset"]): row
+                for row in status.block_progress(pipeline_tables([pipeline.membrane]))}
+    row = progress[("MembraneBlock", "s")]
+    assert (row["done"], row["total"], row["error"]) == (27, 28, 1)
+    assert not membrane.MembraneMap & {"blocking_id": "small"}  # incomplete: not assembled
+
+    monkeypatch.setattr(membrane.MembraneBlock, "compute", original)
+    assert status.retry(pipeline_tables([membrane]), pattern="MembraneBlock") == 1
+    tally = run_worker(pipeline_tables([membrane]), max_idle=0)
+    assert tally["MembraneBlock"].made == 1 and tally["MembraneMap"].made == 1
+
+
+def test_two_worker_processes_racing_on_blocks_make_the_same_map(pipeline, chain, settings, tmp_path):
+    pipeline.volume.Blocking.insert1(dict(blocking_id="tiny", size_z=3, size_y=24, size_x=28))
+    run_worker(pipeline_tables([pipeline.volume]), max_idle=0)
+    env = {**os.environ, "DJ_HOST": settings.host or "", "DJ_PORT": str(settings.port or ""),
+           "DJ_USER": settings.user or "", "DJ_PASS": "", "DJ_BACKEND": settings.backend,
+           "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix, "NEUROPIPE_STORE": str(settings.store)}
+    command = [sys.executable, "-m", "neuropipe.cli", "worker", "--tables", "MembraneBlock", "--tables",
+               "MembraneMap", "--max-idle", "2", "--poll", "0.2", "--heartbeat", "1"]
+    workers = [subprocess.Popen(command, env=env, stdout=open(tmp_path / f"w{index}.log", "wb"),
+                                stderr=subprocess.STDOUT) for index in range(2)]
+    assert [worker.wait(timeout=600) for worker in workers] == [0, 0], [
+        (tmp_path / f"w{index}.log").read_text()[-2000:] for index in range(2)]
+    hosts = set((pipeline.membrane.MembraneBlock().jobs & {"blocking_id": "tiny"}).to_arrays("pid"))
+    assert len(hosts) == 2  # both took blocks
+    run_worker(pipeline_tables([pipeline.membrane]), max_idle=0)
+    maps = {name: result(pipeline.membrane.MembraneMap, {**chain["key"], "blocking_id": name}, "probability")
+            for name in ("default", "tiny")}
+    np.testing.assert_allclose(maps["tiny"], maps["default"], atol=1e-6)
