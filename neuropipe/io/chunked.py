@@ -51,6 +51,11 @@ def open_zarr(source) -> OpenVolume:
 
 
 def _zarr_child(node, path: str, uri: str):
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        raise BadInputError(f"source {uri!r}: the store is a zarr array, not a group; it holds no {path!r} "
+                            "(drop the '#' part).")
     try:
         return node[path]
     except (KeyError, TypeError, FileNotFoundError) as error:

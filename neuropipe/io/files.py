@@ -16,6 +16,8 @@ def open_file(source) -> OpenVolume:
     """Open a ``.npy``, ``.npz`` or TIFF source (:class:`~neuropipe.io.sources.Source`)."""
     if not source.path.is_file():
         raise BadInputError(f"source {source.uri!r}: file {source.path} does not exist.")
+    if source.resolution is not None:
+        raise BadInputError(f"source {source.uri!r}: {source.format} files have one resolution; drop ?resolution.")
     array = as_zyx(_READERS[source.format](source), source.uri)
     return OpenVolume(source.uri, tuple(array.shape), array.dtype, read_from_array(array))
 

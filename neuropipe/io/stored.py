@@ -60,6 +60,8 @@ def open_stored(value):
         import zarr
 
         return zarr.open_array(store=_zarr_store(value.fsmap), mode="r")
+    if hasattr(value, "load"):  # DataJoint's NpyRef: memory-mapped, so a slice reads only its part
+        return value.load(mmap_mode="r")
     return np.asarray(value)
 
 

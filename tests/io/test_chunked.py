@@ -37,6 +37,9 @@ def test_zarr_array_inside_a_group(tmp_path, stack, zarr_format):
     np.testing.assert_array_equal(read_volume(f"file://{tmp_path}/g.zarr#volumes/raw", BOX), stack[BOX_SLICES])
     with pytest.raises(BadInputError, match="is a zarr group, not an array"):
         read_volume(f"file://{tmp_path}/g.zarr")
+    zarr.create_array(store=str(tmp_path / "a.zarr"), data=stack, zarr_format=zarr_format)
+    with pytest.raises(BadInputError, match="the store is a zarr array, not a group; it holds no 'labels'"):
+        read_volume(f"file://{tmp_path}/a.zarr#labels")
     with pytest.raises(BadInputError, match="no array or group 'volumes/nope'"):
         read_volume(f"file://{tmp_path}/g.zarr#volumes/nope")
 

@@ -67,6 +67,12 @@ def test_malformed_sources_are_named(uri, message):
         parse_source(uri)
 
 
+def test_a_resolution_level_a_file_lacks(tmp_path, stack):
+    np.save(tmp_path / "s.npy", stack)
+    with pytest.raises(BadInputError, match="npy files have one resolution; drop"):
+        read_volume(f"file://{tmp_path}/s.npy?resolution=1")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(BadInputError, match="does not exist"):
         read_volume(f"file://{tmp_path}/absent.npy")

@@ -1,4 +1,8 @@
-"""Blockwise maps and detections: blocks are rows, and their results equal the whole-volume ones."""
+"""Blockwise maps and detections: blocks are rows, and their results equal the whole-volume ones.
+
+Each test runs on one server (the block machinery issues no SQL of its own beyond DataJoint's):
+the suite's time goes to the U-Net and the detectors, which are the same on both.
+"""
 
 import os
 import subprocess
@@ -45,6 +49,7 @@ def result(table, key, attribute):
     return np.asarray(open_stored((table & key).fetch1(attribute)))
 
 
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
 def test_blockwise_maps_and_components_equal_the_whole_volume(pipeline, chain):
     detection = pipeline.detection
     found = detection.DetectionParams.insert_params(COMPONENTS)
@@ -68,6 +73,7 @@ def test_blockwise_maps_and_components_equal_the_whole_volume(pipeline, chain):
     assert [c["voxel_count"] for c in cells] == expected.voxel_counts.tolist()
 
 
+@pytest.mark.parametrize("settings", ["mysql"], indirect=True)
 def test_every_sphere_is_owned_by_one_block(pipeline, chain):
     detection = pipeline.detection
     found = detection.DetectionParams.insert_params(SPHERES)
@@ -88,6 +94,7 @@ def test_every_sphere_is_owned_by_one_block(pipeline, chain):
     assert set(np.unique(labels)) == set(range(len(blockwise) + 1))
 
 
+@pytest.mark.parametrize("settings", ["mysql"], indirect=True)
 def test_status_counts_blocks_and_a_failed_block_is_retried_alone(pipeline, chain, monkeypatch):
     membrane = pipeline.membrane
     original = membrane.MembraneBlock.compute
@@ -111,6 +118,7 @@ def test_status_counts_blocks_and_a_failed_block_is_retried_alone(pipeline, chai
     assert tally["MembraneBlock"].made == 1 and tally["MembraneMap"].made == 1
 
 
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
 def test_two_worker_processes_racing_on_blocks_make_the_same_map(pipeline, chain, settings, tmp_path):
     pipeline.volume.Blocking.insert1(dict(blocking_id="tiny", size_z=3, size_y=24, size_x=28))
     run_worker(pipeline_tables([pipeline.volume]), max_idle=0)
@@ -129,3 +137,37 @@ def test_two_worker_processes_racing_on_blocks_make_the_same_map(pipeline, chain
     maps = {name: result(pipeline.membrane.MembraneMap, {**chain["key"], "blocking_id": name}, "probability")
             for name in ("default", "tiny")}
     np.testing.assert_allclose(maps["tiny"], maps["default"], atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
+def test_isbi_2012_blockwise_equals_whole(pipeline, settings, isbi_path, tmp_path):
+    """Ten ISBI 2012 slices in 3 x 3 x 2 blocks of (4, 200, 300): the same map and segments as whole."""
+    data = np.load(isbi_path)
+    np.savez(tmp_path / "isbi.npz", image=data["image"][20:30], membrane=data["membrane"][20:30])
+    volume, membrane, detection = pipeline.volume, pipeline.membrane, pipeline.detection
+    key = {"dataset": "isbi"}
+    volume.Dataset.insert1(dict(key, source=f"file://{tmp_path}/isbi.npz#image", voxel_z_nm=50, voxel_y_nm=4,
+                                voxel_x_nm=4))
+    volume.Annotation.insert1(dict(key, kind="membrane", purpose="train", source=f"file://{tmp_path}/isbi.npz#membrane"))
+    volume.Blocking.insert1(dict(blocking_id="small", size_z=4, size_y=200, size_x=300))
+    model = ops.train_membrane(data["image"][:4], data["membrane"][:4] > 0, iterations=40, width=8, depth=2,
+                               crop=96, precision="float32", normalise="slice", progress=False, seed=0)
+    training = membrane.TrainingParams.insert_params({"iterations": 40})
+    run_worker(pipeline_tables([volume]), max_idle=0)
+    membrane.MembraneModel.insert1(dict(key, **training, model=model.to_bytes(), iterations=40, train_seconds=1.0,
+                                        final_loss=0.1, device="cpu"), allow_direct_insert=True)
+    membrane.InferenceParams.insert_params({"tile": 128, "overlap": 16, "precision": "float32"})
+    found = detection.DetectionParams.insert_params(COMPONENTS)
+    tally = populate(pipeline)
+    assert tally["MembraneBlock"].made == 3 * 3 * 2 + 1
+    whole, small = ({**key, "blocking_id": name} for name in ("default", "small"))
+    probability = result(membrane.MembraneMap, whole, "probability")
+    reference = ops.predict_membrane(model, data["image"][20:30], tile=128, overlap=16, precision="float32")
+    np.testing.assert_allclose(probability, reference, atol=1e-6)
+    np.testing.assert_allclose(result(membrane.MembraneMap, small, "probability"), probability, atol=1e-6)
+    expected = ops.detect_cells(1.0 - probability.astype(np.float64), voxel_size=(50, 4, 4), **COMPONENTS)
+    assert expected.count > 100  # neurite cross-sections, labelled plane by plane
+    for blocking in (whole, small):
+        np.testing.assert_array_equal(result(detection.CellDetection, dict(blocking, **found), "labels"),
+                                      expected.labels)

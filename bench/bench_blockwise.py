@@ -1,0 +1,194 @@
+"""Blockwise maps and detections on a volume many blocks large: worker memory, throughput, bookkeeping.
+
+A synthetic EM-like volume (tiles of ``ops.make_sample``) is written as a zarr source and
+imported (as chunked zarr); a small U-Net trained on a separate small sample is applied to it
+block by block, and cells are detected as connected components (stitched) and as spheres,
+by ``neuropipe worker`` processes on the local PostgreSQL server (127.0.0.1:5432, or
+``DJ_HOST``/``DJ_PORT``).  Reported, from the same run:
+
+- ``peak_rss_over_working_set``: the worker's peak RSS (``ru_maxrss`` of the process, Linux)
+  above that of a process that only imports what a worker imports (torch alone is some
+  400 MB), over one block's working set, taken as the read box (block plus halo) in the arrays the
+  block steps hold at once: the image as float32, the map as float32, and for detection the
+  float64 interior, the uint64 ids and cc3d's labels (32 bytes a voxel in all);
+- ``volume_over_working_set``: the volume's voxels times 32 bytes over that working set;
+- MVx/s of the blockwise steps (voxels over the summed ``seconds`` of their block rows)
+  against the whole-volume kernels (``predict_membrane``, ``detect_cells``) on the same volume;
+- per block: compute seconds against bookkeeping (the job's duration less its compute: claim
+  aside, that is the read, the write and the commit);
+- ``blockwise_equals_whole``: the map within 1e-6 and the component labels identical.
+
+    python bench/bench_blockwise.py [--shape 64 768 768] [--block 32 256 256] [--workers 1 2]
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neuropipe import ops
+from neuropipe.config import Settings
+from neuropipe.database import connect
+from neuropipe.io.stored import open_stored
+
+COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_cells": 1_000_000}
+SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 10, "dilation": 2,
+           "max_cells": 1_000_000}
+TILE = 64
+BYTES_PER_VOXEL = 32
+
+
+def write_source(path: Path, shape, tile=(32, 256, 256)) -> None:
+    """Write a zarr volume made of synthetic EM-like tiles (one seed per tile)."""
+    import zarr
+
+    array = zarr.create_array(store=str(path), shape=shape, chunks=tile, dtype="uint8")
+    for seed, corner in enumerate(np.ndindex(*[-(-s // t) for s, t in zip(shape, tile)])):
+        box = tuple(slice(c * t, min((c + 1) * t, s)) for c, t, s in zip(corner, tile, shape))
+        piece = ops.make_sample(tuple(b.stop - b.start for b in box), seed=seed, cell_diameter=14).image
+        array[box] = piece
+
+
+def run_workers(count: int, settings: Settings, tables, log: Path) -> tuple[float, int]:
+    """Run ``count`` worker processes until the graph is drained; return (seconds, peak RSS in bytes)."""
+    env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
+           "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
+           "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16"}
+    command = [sys.executable, "-m", "neuropipe.cli", "worker", *(f"--tables={t}" for t in tables),
+               "--max-idle", "3", "--poll", "0.5", "--heartbeat", "2"]
+    start = time.perf_counter()
+    workers = [subprocess.Popen(command, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+               for _ in range(count)]
+    peaks = []
+    for worker in workers:
+        _, status, usage = os.wait4(worker.pid, 0)
+        if status != 0:
+            raise SystemExit(f"a worker failed; see {log}")
+        peaks.append(usage.ru_maxrss * 1024)
+    return time.perf_counter() - start, max(peaks)
+
+
+def baseline_rss() -> int:
+    """Return the peak RSS (bytes) of a process that imports what a worker imports and does nothing."""
+    code = ("import resource, torch, zarr, cc3d, schemas, neuropipe.cli, neuropipe.worker; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout) * 1024
+
+
+def main() -> None:
+    """Build the volume, run the blockwise graph with 1 and 2 workers, compare with whole-volume kernels."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=(64, 768, 768), help="volume ZYX (default 64 768 768)")
+    parser.add_argument("--block", type=int, nargs=3, default=(32, 256, 256), help="block ZYX (default 32 256 256)")
+    parser.add_argument("--workers", type=int, nargs="+", default=(1, 2), help="worker counts to time (default 1 2)")
+    args = parser.parse_args()
+    import schemas
+    from neuropipe import registry
+    from neuropipe.worker import pipeline_tables, run_worker
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-blockwise-"))
+    shape, block = tuple(args.shape), tuple(args.block)
+    write_source(folder / "volume.zarr", shape)
+    train = ops.make_sample((16, 128, 128), seed=99, cell_diameter=14)
+    np.savez(folder / "train.npz", image=train.image, cells=train.cells)
+    model = ops.train_membrane(train.image, train.cells == 0, iterations=100, width=8, depth=2, crop=64,
+                               precision="float32", progress=False, seed=0)
+
+    results = {"shape": shape, "block": block, "runs": {}}
+    for workers in args.workers:
+        settings = Settings(host=os.environ.get("DJ_HOST", "127.0.0.1"), port=int(os.environ.get("DJ_PORT", 5432)),
+                            user=os.environ.get("DJ_USER", "root"), backend="postgresql", store=folder / "store",
+                            schema_prefix=f"benchblk_{secrets.token_hex(3)}_")
+        connection = connect(settings)
+        schemas.activate(settings.schema_prefix, connection)
+        registry.activate(settings.schema_prefix, connection)
+        volume, membrane, detection = schemas.volume, schemas.membrane, schemas.detection
+        try:
+            volume.Dataset.insert([dict(dataset="big", source=f"file://{folder}/volume.zarr"),
+                                   dict(dataset="train", source=f"file://{folder}/train.npz#image")])
+            volume.Annotation.insert1(dict(dataset="train", kind="cells", purpose="train",
+                                           source=f"file://{folder}/train.npz#cells"))
+            os.environ["NEUROPIPE_ZARR_ABOVE_MB"] = "16"
+            volume.Blocking.insert1(dict(blocking_id="bench", size_z=block[0], size_y=block[1], size_x=block[2]))
+            run_worker(pipeline_tables([volume]), max_idle=0, restrictions=({"blocking_id": "bench"},))
+            training = membrane.TrainingParams.insert_params({"iterations": 100})
+            membrane.MembraneModel.insert1(dict(dataset="train", **training, model=model.to_bytes(), iterations=100,
+                                                train_seconds=0.0, final_loss=0.0, device="cpu"),
+                                           allow_direct_insert=True)
+            membrane.InferenceParams.insert_params({"tile": TILE, "overlap": 8, "precision": "float32"})
+            for params in (COMPONENTS, SPHERES):
+                detection.DetectionParams.insert_params(params)
+            seconds, peak = run_workers(workers, settings, ["MembraneBlock", "MembraneMap", "DetectionBlock",
+                                                            "CellDetection"], folder / f"workers{workers}.log")
+            key = {"dataset": "big", "blocking_id": "bench"}
+            rows = {"membrane": (membrane.MembraneBlock & key), "detection": (detection.DetectionBlock & key)}
+            per_block = {}
+            for name, table in rows.items():  # detection: both parameter sets, so twice the voxels
+                primary = type(table)().primary_key
+                durations = {tuple(job[k] for k in primary): job["duration"]
+                             for job in (type(table)().jobs & key).to_dicts()}
+                jobs = table.proj("seconds").to_dicts()
+                compute = np.array([job["seconds"] for job in jobs])
+                overhead = np.array([durations[tuple(job[k] for k in primary)] for job in jobs]) - compute
+                passes = 1 if name == "membrane" else 2
+                per_block[name] = {"blocks": len(jobs), "compute_s": round(float(compute.mean()), 3),
+                                   "bookkeeping_s": round(float(overhead.mean()), 3),
+                                   "mvx_per_s": round(passes * np.prod(shape) / 1e6 / compute.sum(), 2)}
+            core = np.prod(block)
+            read = np.prod([b + 2 * (TILE - 1) if i else b for i, b in enumerate(block)])
+            working_set = read * BYTES_PER_VOXEL
+            results["runs"][workers] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 1e6, 1),
+                                        "per_block": per_block}
+            if workers == args.workers[0]:
+                results["working_set_mb"] = round(working_set / 1e6, 1)
+                baseline = baseline_rss()
+                results["baseline_rss_mb"] = round(baseline / 1e6, 1)
+                results["peak_rss_over_working_set"] = round((peak - baseline) / working_set, 2)
+                results["volume_over_working_set"] = round(np.prod(shape) * BYTES_PER_VOXEL / working_set, 1)
+                results["core_voxels_per_block"] = int(core)
+                image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
+                start = time.perf_counter()
+                whole_map = ops.predict_membrane(model, image, tile=TILE, overlap=8, precision="float32")
+                membrane_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
+                blockwise_map = np.asarray(open_stored((membrane.MembraneMap & key).fetch1("probability")))
+                interior = 1.0 - blockwise_map.astype(np.float64)
+                start = time.perf_counter()
+                whole_cells = ops.detect_cells(interior, **COMPONENTS)
+                components_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
+                start = time.perf_counter()
+                ops.detect_cells(interior, **SPHERES)
+                spheres_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
+                components = detection.DetectionParams.insert_params(COMPONENTS)  # its key (already there)
+                labels = np.asarray(open_stored((detection.CellDetection & key & components).fetch1("labels")))
+                results["whole_mvx_per_s"] = {"membrane": round(membrane_rate, 2),
+                                              "components": round(components_rate, 2),
+                                              "spheres": round(spheres_rate, 2)}
+                results["blockwise_equals_whole"] = bool(
+                    np.allclose(blockwise_map, whole_map, atol=1e-6, rtol=0)
+                    and np.array_equal(labels, whole_cells.labels))
+                results["max_map_difference"] = float(np.abs(blockwise_map - whole_map).max())
+        finally:
+            schemas.drop()
+            registry.drop()
+    print(json.dumps(results, indent=1, default=str))
+    print(json.dumps({"peak_rss_over_working_set": results["peak_rss_over_working_set"],
+                      "volume_over_working_set": results["volume_over_working_set"],
+                      "blockwise_equals_whole": results["blockwise_equals_whole"],
+                      "seconds_by_workers": {w: r["seconds"] for w, r in results["runs"].items()},
+                      "whole_mvx_per_s": results["whole_mvx_per_s"],
+                      "blockwise": results["runs"][args.workers[0]]["per_block"]}))
+
+
+if __name__ == "__main__":
+    main()
