@@ -12,7 +12,7 @@ by ``neuropipe worker`` processes on the local PostgreSQL server (127.0.0.1:5432
   block steps hold at once: the image as float32, the map as float32, and for detection the
   float64 interior, the uint64 ids and cc3d's labels (32 bytes a voxel in all);
 - ``volume_over_working_set``: the volume's voxels times 32 bytes over that working set;
-- MVx/s of the blockwise steps (voxels over the summed ``seconds`` of their block rows)
+- MVx/s of the blockwise steps (volume voxels over the summed ``seconds`` of their block rows)
   against the whole-volume kernels (``predict_membrane``, ``detect_cells``) on the same volume;
 - per block: compute seconds against bookkeeping (the job's duration less its compute: claim
   aside, that is the read, the write and the commit);
@@ -61,7 +61,11 @@ def write_source(path: Path, shape, tile=(32, 256, 256)) -> None:
 
 
 def run_workers(count: int, settings: Settings, tables, log: Path) -> tuple[float, int]:
-    """Run ``count`` worker processes until the graph is drained; return (seconds, peak RSS in bytes)."""
+    """Run ``count`` worker processes until the graph is drained; return (seconds, peak RSS in bytes).
+
+    The peak is the largest ``VmHWM`` read from ``/proc`` while the workers run (polled every
+    0.1 s); ``ru_maxrss`` would not do: Linux carries it over from the parent across exec.
+    """
     env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
            "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
            "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16"}
@@ -70,19 +74,28 @@ def run_workers(count: int, settings: Settings, tables, log: Path) -> tuple[floa
     start = time.perf_counter()
     workers = [subprocess.Popen(command, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
                for _ in range(count)]
-    peaks = []
-    for worker in workers:
-        _, status, usage = os.wait4(worker.pid, 0)
-        if status != 0:
-            raise SystemExit(f"a worker failed; see {log}")
-        peaks.append(usage.ru_maxrss * 1024)
-    return time.perf_counter() - start, max(peaks)
+    peak = 0
+    while any(worker.poll() is None for worker in workers):
+        peak = max([peak] + [peak_rss(worker.pid) for worker in workers if worker.poll() is None])
+        time.sleep(0.1)
+    if any(worker.returncode != 0 for worker in workers):
+        raise SystemExit(f"a worker failed; see {log}")
+    return time.perf_counter() - start, peak
+
+
+def peak_rss(pid: int) -> int:
+    """Return a live process's peak resident memory in bytes (``VmHWM``), 0 where it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def baseline_rss() -> int:
     """Return the peak RSS (bytes) of a process that imports what a worker imports and does nothing."""
-    code = ("import resource, torch, zarr, cc3d, schemas, neuropipe.cli, neuropipe.worker; "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = ("import torch, zarr, cc3d, schemas, neuropipe.cli, neuropipe.worker; "
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
     return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout) * 1024
 
 
@@ -141,10 +154,14 @@ def main() -> None:
                 jobs = table.proj("seconds").to_dicts()
                 compute = np.array([job["seconds"] for job in jobs])
                 overhead = np.array([durations[tuple(job[k] for k in primary)] for job in jobs]) - compute
-                passes = 1 if name == "membrane" else 2
                 per_block[name] = {"blocks": len(jobs), "compute_s": round(float(compute.mean()), 3),
-                                   "bookkeeping_s": round(float(overhead.mean()), 3),
-                                   "mvx_per_s": round(passes * np.prod(shape) / 1e6 / compute.sum(), 2)}
+                                   "bookkeeping_s": round(float(overhead.mean()), 3)}
+                if name == "membrane":
+                    per_block[name]["mvx_per_s"] = round(np.prod(shape) / 1e6 / compute.sum(), 2)
+            for method, params in (("components", COMPONENTS), ("spheres", SPHERES)):
+                found = detection.DetectionParams.insert_params(params)  # its key (already there)
+                seconds_of = (detection.DetectionBlock & key & found).to_arrays("seconds")
+                per_block["detection"][f"{method}_mvx_per_s"] = round(np.prod(shape) / 1e6 / seconds_of.sum(), 2)
             core = np.prod(block)
             read = np.prod([b + 2 * (TILE - 1) if i else b for i, b in enumerate(block)])
             working_set = read * BYTES_PER_VOXEL
@@ -155,6 +172,7 @@ def main() -> None:
                 baseline = baseline_rss()
                 results["baseline_rss_mb"] = round(baseline / 1e6, 1)
                 results["peak_rss_over_working_set"] = round((peak - baseline) / working_set, 2)
+                results["peak_rss_mb"] = round(peak / 1e6, 1)
                 results["volume_over_working_set"] = round(np.prod(shape) * BYTES_PER_VOXEL / working_set, 1)
                 results["core_voxels_per_block"] = int(core)
                 image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
@@ -183,6 +201,7 @@ def main() -> None:
             registry.drop()
     print(json.dumps(results, indent=1, default=str))
     print(json.dumps({"peak_rss_over_working_set": results["peak_rss_over_working_set"],
+                      "peak_rss_mb": results["peak_rss_mb"], "baseline_rss_mb": results["baseline_rss_mb"],
                       "volume_over_working_set": results["volume_over_working_set"],
                       "blockwise_equals_whole": results["blockwise_equals_whole"],
                       "seconds_by_workers": {w: r["seconds"] for w, r in results["runs"].items()},
