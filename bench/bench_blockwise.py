@@ -6,12 +6,11 @@ block by block, and cells are detected as connected components (stitched) and as
 by ``neuropipe worker`` processes on the local PostgreSQL server (127.0.0.1:5432, or
 ``DJ_HOST``/``DJ_PORT``).  Reported, from the same run:
 
-- ``peak_rss_over_working_set``: the worker's peak RSS (``ru_maxrss`` of the process, Linux)
-  above that of a process that only imports what a worker imports (torch alone is some
-  400 MB), over one block's working set, taken as the read box (block plus halo) in the arrays the
-  block steps hold at once: the image as float32, the map as float32, and for detection the
-  float64 interior, the uint64 ids and cc3d's labels (32 bytes a voxel in all);
-- ``volume_over_working_set``: the volume's voxels times 32 bytes over that working set;
+- ``peak_rss_over_working_set``: the worker's peak RSS (``VmHWM``) above that of a process
+  that only imports what a worker imports (torch alone is some 400 MB), over one block's
+  working set: the largest peak that one block of any step needs on its own (its read box, the
+  kernel run once in a fresh process and measured the same way);
+- ``volume_over_working_set``: the bytes of the volume's float32 map over that working set;
 - MVx/s of the blockwise steps (volume voxels over the summed ``seconds`` of their block rows)
   against the whole-volume kernels (``predict_membrane``, ``detect_cells``) on the same volume;
 - per block: compute seconds against bookkeeping (the job's duration less its compute: claim
@@ -46,18 +45,35 @@ COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_c
 SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 10, "dilation": 2,
            "max_cells": 1_000_000}
 TILE = 64
-BYTES_PER_VOXEL = 32
+METHODS = {"components": COMPONENTS, "spheres": SPHERES}
+ONE_BLOCK = """
+import json, sys, numpy as np
+from neuropipe import ops
+def hwm():
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024
+step, shape, argument = sys.argv[1], tuple(int(v) for v in sys.argv[2:5]), sys.argv[5]
+data = np.random.default_rng(0).random(shape)
+model = ops.MembraneModel.from_bytes(open(argument, 'rb').read()) if step == 'membrane' else None
+image = (data * 255).astype(np.uint8)
+open('/proc/self/clear_refs', 'w').write('5')
+before = hwm()
+if step == 'membrane':
+    ops.predict_membrane(model, image, tile=int(sys.argv[6]), overlap=8, precision='float32')
+else:
+    ops.detect_cells(1.0 - data, **json.loads(argument))
+print(hwm() - before)
+"""
 
 
-def write_source(path: Path, shape, tile=(32, 256, 256)) -> None:
-    """Write a zarr volume made of synthetic EM-like tiles (one seed per tile)."""
+def write_source(path: Path, shape, tile=(32, 256, 256), distinct: int = 8) -> None:
+    """Write a zarr volume tiled with ``distinct`` synthetic EM-like samples (cycled: generating is slow)."""
     import zarr
 
+    samples = [ops.make_sample(tile, seed=seed, cell_diameter=14).image for seed in range(distinct)]
     array = zarr.create_array(store=str(path), shape=shape, chunks=tile, dtype="uint8")
-    for seed, corner in enumerate(np.ndindex(*[-(-s // t) for s, t in zip(shape, tile)])):
+    for index, corner in enumerate(np.ndindex(*[-(-s // t) for s, t in zip(shape, tile)])):
         box = tuple(slice(c * t, min((c + 1) * t, s)) for c, t, s in zip(corner, tile, shape))
-        piece = ops.make_sample(tuple(b.stop - b.start for b in box), seed=seed, cell_diameter=14).image
-        array[box] = piece
+        array[box] = samples[index % distinct][tuple(slice(0, b.stop - b.start) for b in box)]
 
 
 def run_workers(count: int, settings: Settings, tables, log: Path) -> tuple[float, int]:
@@ -92,6 +108,17 @@ def peak_rss(pid: int) -> int:
         return 0
 
 
+def one_block_rss(step: str, shape, argument: str) -> int:
+    """Return the peak RSS (bytes) one block of ``step`` needs on its own: its kernel on its read box."""
+    command = [sys.executable, "-c", ONE_BLOCK, step, *map(str, shape), argument, str(TILE)]
+    return int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
+def read_box(block, halo, shape) -> tuple:
+    """Return the extent of a block's read box away from the volume's faces."""
+    return tuple(min(b + 2 * h, s) for b, h, s in zip(block, halo, shape))
+
+
 def baseline_rss() -> int:
     """Return the peak RSS (bytes) of a process that imports what a worker imports and does nothing."""
     code = ("import torch, zarr, cc3d, schemas, neuropipe.cli, neuropipe.worker; "
@@ -105,6 +132,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(64, 768, 768), help="volume ZYX (default 64 768 768)")
     parser.add_argument("--block", type=int, nargs=3, default=(32, 256, 256), help="block ZYX (default 32 256 256)")
     parser.add_argument("--workers", type=int, nargs="+", default=(1, 2), help="worker counts to time (default 1 2)")
+    parser.add_argument("--methods", nargs="+", default=("components", "spheres"), choices=tuple(METHODS),
+                        help="detection methods to run (default both; spheres are slow on large volumes)")
     args = parser.parse_args()
     import schemas
     from neuropipe import registry
@@ -140,8 +169,8 @@ def main() -> None:
                                                 train_seconds=0.0, final_loss=0.0, device="cpu"),
                                            allow_direct_insert=True)
             membrane.InferenceParams.insert_params({"tile": TILE, "overlap": 8, "precision": "float32"})
-            for params in (COMPONENTS, SPHERES):
-                detection.DetectionParams.insert_params(params)
+            for method in args.methods:
+                detection.DetectionParams.insert_params(METHODS[method])
             seconds, peak = run_workers(workers, settings, ["MembraneBlock", "MembraneMap", "DetectionBlock",
                                                             "CellDetection"], folder / f"workers{workers}.log")
             key = {"dataset": "big", "blocking_id": "bench"}
@@ -158,23 +187,29 @@ def main() -> None:
                                    "bookkeeping_s": round(float(overhead.mean()), 3)}
                 if name == "membrane":
                     per_block[name]["mvx_per_s"] = round(np.prod(shape) / 1e6 / compute.sum(), 2)
-            for method, params in (("components", COMPONENTS), ("spheres", SPHERES)):
-                found = detection.DetectionParams.insert_params(params)  # its key (already there)
+            for method in args.methods:
+                found = detection.DetectionParams.insert_params(METHODS[method])  # its key (already there)
                 seconds_of = (detection.DetectionBlock & key & found).to_arrays("seconds")
                 per_block["detection"][f"{method}_mvx_per_s"] = round(np.prod(shape) / 1e6 / seconds_of.sum(), 2)
-            core = np.prod(block)
-            read = np.prod([b + 2 * (TILE - 1) if i else b for i, b in enumerate(block)])
-            working_set = read * BYTES_PER_VOXEL
+            model_file = folder / "model.bin"
+            model_file.write_bytes(model.to_bytes())
+            needs = {"membrane": one_block_rss("membrane", read_box(block, (0, TILE - 1, TILE - 1), shape),
+                                               str(model_file))}
+            for method in args.methods:
+                found = detection.DetectionParams.insert_params(METHODS[method])
+                halo = detection.DetectionBlock().halo({**key, **found})
+                needs[method] = one_block_rss(method, read_box(block, halo, shape), json.dumps(METHODS[method]))
+            working_set = max(needs.values())
             results["runs"][workers] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 1e6, 1),
                                         "per_block": per_block}
             if workers == args.workers[0]:
                 results["working_set_mb"] = round(working_set / 1e6, 1)
+                results["one_block_mb"] = {step: round(value / 1e6, 1) for step, value in needs.items()}
                 baseline = baseline_rss()
                 results["baseline_rss_mb"] = round(baseline / 1e6, 1)
                 results["peak_rss_over_working_set"] = round((peak - baseline) / working_set, 2)
                 results["peak_rss_mb"] = round(peak / 1e6, 1)
-                results["volume_over_working_set"] = round(np.prod(shape) * BYTES_PER_VOXEL / working_set, 1)
-                results["core_voxels_per_block"] = int(core)
+                results["volume_over_working_set"] = round(np.prod(shape) * 4 / working_set, 1)
                 image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
                 start = time.perf_counter()
                 whole_map = ops.predict_membrane(model, image, tile=TILE, overlap=8, precision="float32")
@@ -184,9 +219,11 @@ def main() -> None:
                 start = time.perf_counter()
                 whole_cells = ops.detect_cells(interior, **COMPONENTS)
                 components_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
-                start = time.perf_counter()
-                ops.detect_cells(interior, **SPHERES)
-                spheres_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
+                spheres_rate = float("nan")
+                if "spheres" in args.methods:
+                    start = time.perf_counter()
+                    ops.detect_cells(interior, **SPHERES)
+                    spheres_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
                 components = detection.DetectionParams.insert_params(COMPONENTS)  # its key (already there)
                 labels = np.asarray(open_stored((detection.CellDetection & key & components).fetch1("labels")))
                 results["whole_mvx_per_s"] = {"membrane": round(membrane_rate, 2),
