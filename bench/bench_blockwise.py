@@ -40,6 +40,7 @@ from neuropipe import ops
 from neuropipe.config import Settings
 from neuropipe.database import connect
 from neuropipe.io.stored import open_stored
+from neuropipe.supervisor import cpu_share
 
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_cells": 1_000_000}
 SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 10, "dilation": 2,
@@ -88,6 +89,7 @@ def run_workers(count: int, settings: Settings, tables, log: Path) -> tuple[floa
     command = [sys.executable, "-m", "neuropipe.cli", "worker", *(f"--tables={t}" for t in tables),
                "--max-idle", "3", "--poll", "0.5", "--heartbeat", "2"]
     start = time.perf_counter()
+    env["OMP_NUM_THREADS"] = str(cpu_share(count))  # as `neuropipe worker --processes N` does
     workers = [subprocess.Popen(command, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
                for _ in range(count)]
     peak = 0
