@@ -3,8 +3,8 @@
 ``Volume.make`` copies a volume larger than ``neuropipe.zarr_above_mb`` from its source into a
 zarr array block by block (:func:`neuropipe.io.stored.copy_in_blocks`).  This runs the same
 calls on a zarr source (the peer: ``read_volume`` of the whole box and one ``.npy`` written,
-what the import of a small volume does) in fresh processes and reports each one's peak RSS above what it held before (Linux:
-``/proc/self/clear_refs``).  Run by hand:
+what the import of a small volume does) in fresh processes and reports each one's peak RSS
+above what it held before (Linux: ``/proc/self/clear_refs``).  Run by hand:
 
     python bench/bench_import.py [--depth 128] [--size 2048] [--folder /tmp/bench-import]
 
