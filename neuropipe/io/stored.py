@@ -94,7 +94,8 @@ def copy_in_blocks(read: Callable, shape, target, *, block=None, progress=None) 
         target[slices] = part
         low, high = min(low, float(part.min())), max(high, float(part.max()))
         sums[slices[0]] += part.sum(axis=(1, 2), dtype=np.float64)
-        squares[slices[0]] += np.square(part, dtype=np.float64).sum(axis=(1, 2))
+        for plane, values in zip(range(slices[0].start, slices[0].stop), part):  # float64 one plane at a time
+            squares[plane] += np.square(values, dtype=np.float64).sum()
         if progress:
             progress(done, len(boxes), time.monotonic() - began)
     pixels = float(shape[1] * shape[2])

@@ -17,6 +17,8 @@ def test_a_block_copy_writes_every_voxel_and_gathers_the_statistics(tmp_path):
     assert len(reads) == 2 * 3 * 2 and progress[-1] == (12, 12)
     assert (statistics.minimum, statistics.maximum) == (volume.min(), volume.max())
     assert statistics.mean == pytest.approx(volume.mean())
+    np.testing.assert_allclose(statistics.slice_mean, volume.mean(axis=(1, 2)))
+    np.testing.assert_allclose(statistics.slice_std, volume.std(axis=(1, 2)))
     back = stored.open_stored(type("Ref", (), {"fsmap": fsspec.FSMap(str(tmp_path / "v.zarr"),
                                                                      fsspec.filesystem("file"))})())
     assert back.chunks == (2, 8, 8) and back.dtype == np.uint16
