@@ -158,6 +158,7 @@ def _worker(args) -> int:
         if args.processes != 1 or gpus:
             return supervisor.supervise(supervisor.plan_slots(_child_argv(args), args.processes if not gpus
                                                               or args.processes != 1 else 0, gpus))
+    resources.limit_malloc_arenas()
     options = WorkerOptions(heartbeat=args.heartbeat, poll=args.poll, max_idle=args.max_idle, max_jobs=args.max_jobs,
                             max_retries=args.max_retries, batch=args.batch, reconnect_cap=args.reconnect_cap,
                             wait_for_database=args.wait_for_database)
