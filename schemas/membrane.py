@@ -7,8 +7,6 @@ once all its blocks are done.  Restrict ``populate`` (or delete rows) where a
 lab wants fewer combinations.
 """
 
-import functools
-
 import numpy as np
 
 from neuropipe import blockwise, ops
@@ -185,15 +183,25 @@ class MembraneMap(dj.Computed):
                           mean_probability=float(total / voxels)))
 
 
+_LOADED_MODELS: dict = {}  # stored object path -> model: each block of a map needs the same one
+
+
 def _model(key: dict) -> ops.MembraneModel:
-    """Return the membrane model a key names (its training dataset's), loaded once per process."""
-    return _load_model(MembraneModel.full_table_name, key["training_dataset"], key["training_id"])
+    """Return the membrane model a key names (its training dataset's), loaded once per stored version.
 
-
-@functools.lru_cache(maxsize=4)
-def _load_model(table: str, dataset: str, training_id: str) -> ops.MembraneModel:
-    reference = (MembraneModel & {"dataset": dataset, "training_id": training_id}).fetch1("model")
-    return ops.MembraneModel.from_bytes(_read_bytes(reference))
+    The cache is keyed by the model's path in the store, which every write makes anew, so a
+    model deleted and trained again is loaded again by a long-running worker.
+    """
+    reference = (MembraneModel & {"dataset": key["training_dataset"], "training_id": key["training_id"]}
+                 ).fetch1("model")
+    path = getattr(reference, "path", None)
+    if path is None:
+        return ops.MembraneModel.from_bytes(_read_bytes(reference))
+    if path not in _LOADED_MODELS:
+        if len(_LOADED_MODELS) >= 4:
+            _LOADED_MODELS.pop(next(iter(_LOADED_MODELS)))
+        _LOADED_MODELS[path] = ops.MembraneModel.from_bytes(_read_bytes(reference))
+    return _LOADED_MODELS[path]
 
 
 def _read_bytes(reference) -> bytes:
