@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 import uuid
@@ -51,8 +50,6 @@ import numpy as np
 
 from neuropipe.blockwise.grid import Box, block_grid, core_box, grid_shape, grow, slices
 from neuropipe.database import STORE_NAME
-
-logger = logging.getLogger(__name__)
 
 GRID_COORDINATES = ("grid_z", "grid_y", "grid_x")
 
