@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--reconnect-cap", type=float, default=30.0,
                         help="longest wait in seconds between attempts to reach a database that is down (default 30)")
     worker.add_argument("--memory-gb", type=float, help="memory this worker offers (default: the host's)")
+    worker.add_argument("--no-provenance", dest="provenance", action="store_false",
+                        help="do not record each row's provenance (code, settings, time, memory)")
     worker.set_defaults(command=_worker)
 
     watch = commands.add_parser("watch", help="register new volumes in a folder or Boss collection as datasets")
@@ -161,7 +163,7 @@ def _worker(args) -> int:
     resources.limit_malloc_arenas()
     options = WorkerOptions(heartbeat=args.heartbeat, poll=args.poll, max_idle=args.max_idle, max_jobs=args.max_jobs,
                             max_retries=args.max_retries, batch=args.batch, reconnect_cap=args.reconnect_cap,
-                            wait_for_database=args.wait_for_database)
+                            wait_for_database=args.wait_for_database, provenance=args.provenance)
     tables = keep_trying(lambda: _pipeline(args), patience=args.wait_for_database, cap=args.reconnect_cap,
                          what="at start")
     worker = Worker(tables, options, resources.local_resources(gpus, args.memory_gb))
@@ -178,6 +180,8 @@ def _child_argv(args) -> list[str]:
         value = getattr(args, option)
         if value is not None:
             argv.append(f"--{option.replace('_', '-')}={value}")
+    if not args.provenance:
+        argv.append("--no-provenance")
     return argv
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from neuropipe import failures, registry
 from neuropipe.database import import_datajoint, retrying_declaration
+from neuropipe.provenance import JobMeter, Recorder
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
@@ -95,9 +96,11 @@ class JobQueue:
         A ``dj.Computed`` or ``dj.Imported`` class, bound to a schema.
     identity : Identity
         The worker that claims jobs through this queue.
+    provenance : bool
+        Write each made row's provenance (:mod:`neuropipe.provenance`) with it.
     """
 
-    def __init__(self, table, identity: Identity):
+    def __init__(self, table, identity: Identity, *, provenance: bool = True):
         self.table = table
         self.identity = identity
         self.jobs = retrying_declaration(lambda: table().jobs)
@@ -105,6 +108,8 @@ class JobQueue:
         self.quote = self.connection.adapter.quote_identifier
         self.primary_key = list(self.jobs.primary_key)
         self.user = self.connection.get_user()
+        self.recorder = retrying_declaration(lambda: Recorder(table, dict(
+            worker_id=identity.worker_id, host=identity.host, pid=identity.pid))) if provenance else None
 
     @property
     def name(self) -> str:
@@ -274,7 +279,10 @@ class JobQueue:
             if table & key:
                 outcome = "skipped"
             else:
+                meter = JobMeter()
                 _call_make(table, key, make_kwargs, self.identity.version)
+                if self.recorder:
+                    self.recorder.write(key, meter.finish())
                 outcome = "done"
             self._complete(table, key, start)
             self.connection.commit_transaction()

@@ -59,6 +59,22 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def return_free_memory() -> bool:
+    """Hand the heap's free pages back to the operating system (glibc ``malloc_trim``).
+
+    Called by workers after long jobs: what one table's job freed (and glibc kept) would
+    otherwise stay resident and add to the next job's peak; measured on a blockwise worker
+    running all four blockwise tables, it is the difference between 2.3x and ... of a block's
+    working set.  Costs about a millisecond; returns whether anything was released.
+    """
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def host_memory_gb() -> float:
     """Return the host's physical memory in GiB."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -37,8 +37,9 @@ from types import ModuleType
 from neuropipe import __version__, failures, registry
 from neuropipe.database import DatabaseContact, import_datajoint, open_like, retrying_declaration
 from neuropipe.jobs import Identity, JobQueue
-from neuropipe.resources import Resources, local_resources
+from neuropipe.resources import Resources, local_resources, return_free_memory
 
+LONG_JOB_SECONDS = 0.25  # after a job this long, free heap pages go back to the OS (about 1 ms)
 logger = logging.getLogger(__name__)
 
 
@@ -85,6 +86,9 @@ class WorkerOptions:
         (the waits start at 1 s and double).
     wait_for_database : float
         Seconds a starting worker keeps trying to reach its database before giving up.
+    provenance : bool
+        Record each row's provenance (code, settings, worker, time, CPU, memory) in the
+        table's sidecar (:mod:`neuropipe.provenance`); on by default.
     """
 
     heartbeat: float = 10.0
@@ -97,6 +101,7 @@ class WorkerOptions:
     restrictions: tuple = ()
     reconnect_cap: float = 30.0
     wait_for_database: float = 300.0
+    provenance: bool = True
 
 
 def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
@@ -351,7 +356,10 @@ class Worker:
             logger.info("%s %s %s in %.1f s", queue.name, key, outcome, time.perf_counter() - start)
         finally:
             queue.forget([key])
-            tally.seconds += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            tally.seconds += elapsed
+            if elapsed > LONG_JOB_SECONDS:
+                return_free_memory()
             self._heartbeat.current = ("", None)
 
     def _release_held(self) -> None:
@@ -368,7 +376,7 @@ class Worker:
         eligible = [table for table in self.tables if self.resources.can_run(table)]
         for table in set(self.tables) - set(eligible):
             logger.info("%s needs %s; this worker leaves it to others", table.__name__, table.resources)
-        self.queues = [JobQueue(table, self.identity) for table in eligible]
+        self.queues = [JobQueue(table, self.identity, provenance=self.options.provenance) for table in eligible]
         now = registry.server_now(connection)
         registry.Worker.insert1(dict(
             worker_id=self.identity.worker_id, host=self.identity.host, pid=self.identity.pid, status="running",

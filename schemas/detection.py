@@ -81,21 +81,29 @@ class DetectionBlock(blockwise.PerBlock, dj.Computed):
         return tuple(max(int(a), int(b)) for a, b in zip(needed, super().halo(key)))
 
     def read(self, key, box):
-        """Read the interior probability ``1 - P(membrane)`` inside ``box``."""
+        """Read the membrane probability inside ``box`` (float32, as stored)."""
         membrane = open_stored((MembraneMap & key).fetch1("probability"))
-        return 1.0 - np.asarray(membrane[blockwise.slices(box)], np.float64)
+        return np.asarray(membrane[blockwise.slices(box)])
 
-    def compute(self, key, interior, block):
+    def compute(self, key, probability, block):
         """Detect, keep the cells whose centroid the core holds, describe the core's pieces."""
         params = DetectionParams().fetch_params(key)
         voxel_size = _voxel_size(key)
         origin = [start for start, _ in block.core]
-        core = interior[block.core_in_read]
+        core = probability[block.core_in_read]
+
+        def interior(z):  # the interior probability of one plane, as detect_cells computes it
+            return 1.0 - core[z].astype(np.float64)
+
         if params.get("method", "spheres") == "components":
-            ids, pieces = stitch.block_fragments(
-                core > params.get("threshold", 0.2), block.linear, connectivity=_connectivity(voxel_size),
-                voxel_size=voxel_size, origin=origin, volume_shape=block.volume_shape, values=core)
+            threshold = params.get("threshold", 0.2)
+            mask = np.stack([interior(z) > threshold for z in range(core.shape[0])])
+            ids, pieces = stitch.block_fragments(mask, block.linear, connectivity=_connectivity(voxel_size),
+                                                 voxel_size=voxel_size, origin=origin,
+                                                 volume_shape=block.volume_shape, values=interior)
             return ids, _row(pieces, np.zeros((0, 5)))
+        interior = 1.0 - probability.astype(np.float64)
+        core = interior[block.core_in_read]
         found = ops.detect_cells(interior, voxel_size=voxel_size, **params)
         read_origin = np.array([start for start, _ in block.read], float)
         centroids = np.asarray(found.centroids, float).reshape(-1, 3) + read_origin

@@ -1,0 +1,196 @@
+"""Measuring a job and writing its provenance row in the job's own transaction."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import resource
+import sys
+import time
+
+from neuropipe.provenance.code import code_hash, versions
+from neuropipe.provenance.sidecar import Sidecar
+
+TIERS = {"#": "lookup", "_": "imported", "__": "computed"}
+
+
+class JobMeter:
+    """Measure one job from its creation to :meth:`finish`: wall and CPU time, peak memory.
+
+    The peak resident memory is the process's ``VmHWM`` after resetting it at the start
+    (``/proc/self/clear_refs``, Linux); where that is not possible it is the process's
+    lifetime peak (``ru_maxrss``), an upper bound.  GPU memory is torch's peak CUDA
+    allocation, where this process has initialised CUDA.
+    """
+
+    def __init__(self):
+        self.exact_peak = _reset_peak_rss()
+        self.gpu = _cuda_in_use()
+        if self.gpu:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def finish(self) -> dict:
+        """Return the measurements as provenance columns."""
+        duration = time.perf_counter() - self._wall
+        cpu = time.process_time() - self._cpu
+        peak_gpu = None
+        if self.gpu or _cuda_in_use():
+            import torch
+
+            peak_gpu = torch.cuda.max_memory_allocated() / 1e6
+        ended = self.started + datetime.timedelta(seconds=duration)
+        return dict(start_time=_naive(self.started), end_time=_naive(ended), duration=duration,
+                    cpu_seconds=cpu, peak_rss_mb=peak_rss_bytes() / 1e6, peak_gpu_mb=peak_gpu)
+
+
+class Recorder:
+    """Writes the provenance rows of one table: what is fixed per process is worked out once.
+
+    Parameters
+    ----------
+    table_class : type
+        An auto-populated table class, bound to a schema.
+    worker : dict
+        ``worker_id``, ``host`` and ``pid`` of the process that makes the rows.
+    """
+
+    def __init__(self, table_class, worker: dict):
+        table = table_class()
+        self.sidecar = Sidecar(table).ensure()  # declared now: never inside a job's transaction
+        self.connection = table.connection
+        self.fixed = dict(code_hash=code_hash(table_class), **versions(), **worker)
+        self.parents = upstream(table)
+
+    def write(self, key: dict, measured: dict) -> None:
+        """Insert (or replace) ``key``'s provenance row; call inside the job's transaction."""
+        inputs = [dict(table=parent.name, key=parent.key_of(key)) for parent in self.parents]
+        row = dict(key, **self.fixed, **measured, inputs=inputs,
+                   params_hash=settings_hash(self.connection, self.parents, key))
+        stale = self.sidecar & {name: key[name] for name in self.sidecar.primary_key}
+        stale.delete_quick()  # a record left by a deleted row that is now made again
+        self.sidecar.insert1(row, ignore_extra_fields=True)
+
+
+class Parent:
+    """One primary parent of a table: its name, tier and how the table's key maps onto its key."""
+
+    def __init__(self, name: str, attribute_map: dict, connection):
+        self.name = name
+        self.attribute_map = attribute_map  # child attribute -> parent attribute
+        self.tier = tier_of(name)
+        self._columns = None
+        self._connection = connection
+
+    def key_of(self, key: dict) -> dict:
+        """Return the parent's key within a child's ``key``."""
+        return {parent: _jsonable(key[child]) for child, parent in self.attribute_map.items()}
+
+    @property
+    def is_setting(self) -> bool:
+        """Manual and Lookup rows (datasets, parameter sets) are settings: their content is hashed."""
+        return self.tier in ("manual", "lookup")
+
+    def columns(self) -> list[str]:
+        """Return the parent's attributes that are hashed: all but blobs, attachments and stored objects."""
+        if self._columns is None:
+            from datajoint.table import FreeTable
+
+            heading = FreeTable(self._connection, self.name).heading
+            self._columns = [name for name, attribute in heading.attributes.items()
+                             if not (attribute.is_blob or attribute.codec is not None or attribute.store)]
+        return self._columns
+
+
+def upstream(table) -> list[Parent]:
+    """Return ``table``'s primary parents (the rows a key refers to), in a stable order."""
+    parents = table.parents(primary=True, foreign_key_info=True)
+    return sorted((Parent(name, dict(props.get("attr_map", {})), table.connection) for name, props in parents),
+                  key=lambda parent: parent.name)
+
+
+def tier_of(full_name: str) -> str:
+    """Return the DataJoint tier of a table from its name: manual, lookup, imported, computed or part."""
+    name = full_name.split(".")[-1].strip('`"')
+    if "__" in name.lstrip("_#"):
+        return "part"
+    if name.startswith("__"):
+        return "computed"
+    return TIERS.get(name[:1], "manual")
+
+
+def settings_hash(connection, parents, key: dict) -> str:
+    """Return the md5 of the Manual and Lookup rows that ``key`` refers to (its settings)."""
+    digest = hashlib.md5()
+    for parent in parents:
+        if parent.is_setting:
+            digest.update(parent.name.encode())
+            digest.update(row_hash(fetch_setting(connection, parent, parent.key_of(key))).encode())
+    return digest.hexdigest()
+
+
+def fetch_setting(connection, parent: Parent, key: dict) -> dict | None:
+    """Read one settings row (hashed columns only) with one plain SQL query."""
+    quote = connection.adapter.quote_identifier
+    columns = ", ".join(quote(name) for name in parent.columns())
+    where = " AND ".join(f"{quote(name)}=%s" for name in key)
+    cursor = connection.query(f"SELECT {columns} FROM {parent.name} WHERE {where}", args=tuple(key.values()),
+                              as_dict=True)
+    return cursor.fetchone()
+
+
+def row_hash(row: dict | None) -> str:
+    """Return the md5 of a row's values, independent of column order and of how JSON came back."""
+    if row is None:
+        return "absent"
+    values = {name: _normalised(value) for name, value in row.items()}
+    return hashlib.md5(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _normalised(value):
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _jsonable(value):
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def _naive(moment: datetime.datetime) -> datetime.datetime:
+    return moment.replace(tzinfo=None)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Return this process's peak resident memory since the last reset (``VmHWM``), else its lifetime peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _cuda_in_use() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
