@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--key", type=json.loads, help='only this key, as JSON: \'{"dataset": "stack1"}\'')
     retry.set_defaults(command=_retry)
 
+    stale = commands.add_parser("stale", help="rows made by older code or settings, and the rows that depend on them")
+    _add_pipeline_options(stale)
+    stale.add_argument("--table", help="check only the rows of tables matching this pattern (and what depends on them)")
+    stale.add_argument("--recompute", action="store_true", help="delete them (and dependents), queue them again")
+    stale.add_argument("--yes", action="store_true", help="with --recompute: do not ask before deleting")
+    stale.set_defaults(command=_stale)
+
     database = commands.add_parser("db", help="the embedded PostgreSQL server: start, stop, status")
     database.add_argument("action", choices=("start", "stop", "status"))
     database.set_defaults(command=_db)
@@ -243,6 +250,35 @@ def _retry(args) -> int:
 
     count = status.retry(_pipeline(args), pattern=args.table, key=args.key)
     print(f"re-queued {count} failed job(s); workers will take them up")
+    return 0
+
+
+def _stale(args) -> int:
+    import fnmatch
+
+    from neuropipe.provenance import stale
+
+    only = (lambda table: fnmatch.fnmatch(table.__name__, args.table)) if args.table else None
+    found = [rows for rows in stale.find_stale(_pipeline(args), only=only) if rows.keys]
+    for rows in found:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in rows.counts().items())
+        print(f"{rows.name:<20} {len(rows.keys):>7} stale  ({reasons})")
+        for key, reason in list(zip(rows.keys, rows.reasons))[:5]:
+            print(f"  {key}  {reason}")
+        if len(rows.keys) > 5:
+            print(f"  ... and {len(rows.keys) - 5} more")
+    total = sum(len(rows.keys) for rows in found)
+    print(f"{total} stale row(s)" + ("; `neuropipe stale --recompute` deletes and re-queues them"
+                                     if total and not args.recompute else ""))
+    if not total or not args.recompute:
+        return 0
+    if not args.yes and input(f"Delete these {total} row(s), with their part rows, and compute them again? [y/N] "
+                              ).strip().lower() not in ("y", "yes"):
+        print("nothing deleted")
+        return 1
+    deleted = stale.recompute(found)
+    print("deleted " + ", ".join(f"{count} from {name}" for name, count in deleted.items()) +
+          "; queued again for the workers")
     return 0
 
 

@@ -69,6 +69,17 @@ class Sidecar(dj.Table):
         """The table whose rows this sidecar describes."""
         return self._target
 
+    def _populate_lineage(self, primary_key, fk_attribute_map):
+        """Give the key attributes the target's lineage, so the two join without a foreign key."""
+        from datajoint.lineage import delete_table_lineages, ensure_lineage_table, get_lineage, insert_lineages
+
+        ensure_lineage_table(self.connection, self.database)
+        delete_table_lineages(self.connection, self.database, self.table_name)
+        target = self._target
+        insert_lineages(self.connection, self.database, [
+            (self.table_name, name, get_lineage(self.connection, target.database, target.table_name, name)
+             or f"{target.database}.{target.table_name}.{name}") for name in primary_key])
+
     def ensure(self) -> Sidecar:
         """Declare the sidecar if it is not there yet (outside any transaction); return it."""
         if not self.is_declared:
