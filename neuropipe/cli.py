@@ -109,6 +109,24 @@ def _parser() -> argparse.ArgumentParser:
     stale.add_argument("--yes", action="store_true", help="with --recompute: do not ask before deleting")
     stale.set_defaults(command=_stale)
 
+    sweep = commands.add_parser("sweep", help="insert the parameter sets of a SABER-style sweep file")
+    sweep.add_argument("file", help="YAML sweep file (see neuropipe/sweeps/spec.py)")
+    sweep.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the parameter sets without inserting them")
+    sweep.set_defaults(command=_sweep)
+
+    scores = commands.add_parser("scores", help="a table's scores joined with their parameters, best first")
+    scores.add_argument("table", help="the scores table, e.g. DetectionMetrics")
+    scores.add_argument("--metric", required=True, help="the column to rank by, e.g. f1")
+    scores.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
+    scores.add_argument("--csv", help="also write the rows to this CSV file")
+    scores.add_argument("--plot", default="scores.png", help="image of the metric against each parameter "
+                        "(default scores.png; 'none' for no plot)")
+    scores.add_argument("--lower-is-better", action="store_true", default=None,
+                        help="rank ascending (default: ascending for metrics named like errors or losses)")
+    scores.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
+    scores.set_defaults(command=_scores)
+
     database = commands.add_parser("db", help="the embedded PostgreSQL server: start, stop, status")
     database.add_argument("action", choices=("start", "stop", "status"))
     database.set_defaults(command=_db)
@@ -141,15 +159,21 @@ def _add_pipeline_options(parser) -> None:
 
 def _pipeline(args):
     """Connect, bind the registry and the pipeline modules; return the selected tables."""
+    from neuropipe.worker import pipeline_tables
+
+    return pipeline_tables(_modules(args), args.tables or ())
+
+
+def _modules(args):
+    """Connect, bind the registry and the pipeline modules; return the modules."""
     from neuropipe import registry
     from neuropipe.database import connect, retrying_declaration
-    from neuropipe.worker import load_pipeline, pipeline_tables
+    from neuropipe.worker import load_pipeline
 
     settings = load_settings()
     connection = connect(settings)
     retrying_declaration(registry.activate, settings.schema_prefix, connection)
-    modules = load_pipeline(args.pipeline or ["schemas"], prefix=settings.schema_prefix)
-    return pipeline_tables(modules, args.tables or ())
+    return load_pipeline(getattr(args, "pipeline", None) or ["schemas"], prefix=settings.schema_prefix)
 
 
 def _worker(args) -> int:
@@ -280,6 +304,57 @@ def _stale(args) -> int:
     print("deleted " + ", ".join(f"{count} from {name}" for name, count in deleted.items()) +
           "; queued again for the workers")
     return 0
+
+
+def _sweep(args) -> int:
+    import yaml
+
+    from neuropipe import sweeps
+
+    try:
+        with open(args.file) as handle:
+            document = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigurationError(f"cannot read sweep file {args.file}: {error}") from None
+    plan = sweeps.read_sweeps(document)
+    if args.dry_run:
+        for sweep in plan:
+            for params in sweep.parameter_sets():
+                print(f"{sweep.table} {json.dumps(params, sort_keys=True)}")
+        return 0
+    for row in sweeps.insert_sweeps(plan, _modules(args)):
+        print(f"{row['table']}: {row['sets']} parameter set(s), {row['new']} new; workers compute what they imply")
+    return 0
+
+
+def _scores(args) -> int:
+    from neuropipe import sweeps
+    from neuropipe.sweeps.scores import table_classes
+
+    modules = _modules(args)
+    tables = table_classes(modules)
+    if args.table not in tables:
+        raise ConfigurationError(f"no table {args.table!r} in the pipeline; tables: {', '.join(sorted(tables))}")
+    rows, columns = sweeps.score_rows(tables[args.table], args.metric, modules, lower_is_better=args.lower_is_better)
+    shown = [name for name in rows[0] if name != args.metric and name not in columns] if rows else []
+    header = [args.metric, *columns, *shown]
+    print("  ".join(f"{name:>12}" for name in header))
+    for row in rows[:args.top]:
+        print("  ".join(f"{_short(row.get(name)):>12}" for name in header))
+    print(f"{len(rows)} row(s)" + (f", {len(rows) - args.top} not shown" if len(rows) > args.top else ""))
+    if args.csv:
+        sweeps.write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    if rows and args.plot != "none":
+        plotted = sweeps.plot_scores(rows, args.metric, columns, args.plot)
+        print(f"plotted {args.metric} against {', '.join(plotted) or 'nothing'}: {args.plot}")
+    return 0
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)[:24]
 
 
 def _db(args) -> int:
