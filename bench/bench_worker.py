@@ -4,7 +4,12 @@
 
 - ``populate(reserve_jobs=True)``: stock DataJoint 2 distributed mode (the peer);
 - ``populate()``: stock direct mode, no job table (a floor: no coordination at all);
-- a neuropipe :class:`~neuropipe.worker.Worker` claiming 1 job per round trip, and 16.
+- a neuropipe :class:`~neuropipe.worker.Worker` claiming 1 job per round trip, and 16, with
+  provenance recorded (the default) and without (``provenance=False``): the difference is
+  what the provenance sidecar costs per job.
+
+The last line is one JSON object (per backend: ms per job of each way, and the provenance
+overhead in ms and as a ratio).
 
     python bench/bench_worker.py [--jobs 1000] [--backends postgresql mysql embedded]
 """
@@ -12,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 import tempfile
@@ -73,14 +79,24 @@ def main() -> None:
         "stock populate() (no job table)": lambda t: t.Square.populate(),
         "neuropipe worker, batch 1": lambda t: Worker([t.Square], WorkerOptions(max_idle=0, batch=1)).serve(),
         "neuropipe worker, batch 16": lambda t: Worker([t.Square], WorkerOptions(max_idle=0, batch=16)).serve(),
+        "neuropipe worker, batch 1, no provenance":
+            lambda t: Worker([t.Square], WorkerOptions(max_idle=0, batch=1, provenance=False)).serve(),
+        "neuropipe worker, batch 16, no provenance":
+            lambda t: Worker([t.Square], WorkerOptions(max_idle=0, batch=16, provenance=False)).serve(),
     }
+    summary = {}
     for backend in args.backends:
         settings = settings_for(backend)
         results = {name: timed(settings, args.jobs, run) for name, run in ways.items()}
         peer = results["stock populate(reserve_jobs=True)"]
         print(f"\n{backend}: {args.jobs} trivial jobs")
         for name, ms in results.items():
-            print(f"  {name:<36} {ms:7.2f} ms/job   ratio to stock reserve_jobs {ms / peer:5.2f}")
+            print(f"  {name:<42} {ms:7.2f} ms/job   ratio to stock reserve_jobs {ms / peer:5.2f}")
+        with_record, without = results["neuropipe worker, batch 1"], results["neuropipe worker, batch 1, no provenance"]
+        summary[backend] = {**{name: round(ms, 3) for name, ms in results.items()},
+                            "provenance_ms_per_job": round(with_record - without, 3),
+                            "provenance_ratio": round(with_record / without, 3)}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

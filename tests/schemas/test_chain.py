@@ -5,7 +5,7 @@ import platform
 import numpy as np
 import pytest
 
-from neuropipe import demo
+from neuropipe import demo, provenance
 from neuropipe.io.stored import open_stored
 from neuropipe.worker import pipeline_tables, run_worker
 
@@ -51,6 +51,15 @@ def test_every_computed_row_records_its_provenance(pipeline, settings, tmp_path)
     detections = pipeline.detection.CellDetection.Cell & {"dataset": "sample_eval"}
     labels = np.asarray(open_stored((pipeline.detection.CellDetection & {"dataset": "sample_eval"}).fetch1("labels")))
     assert len(detections) == labels.max() > 0
+    made = [table for table in pipeline_tables([pipeline]) if len(table())]
+    assert len(made) >= 10
+    for computed in made:  # every row the workers made has its sidecar record
+        records = computed.proj() * provenance.of(computed)
+        assert len(records) == len(computed()), computed.__name__
+        assert set(records.to_arrays("code_hash")) == {provenance.code_hash(computed)}, computed.__name__
+    trained = (membrane.MembraneModel * provenance.of(membrane.MembraneModel)).fetch1()
+    assert trained["cpu_seconds"] > 1 and trained["peak_rss_mb"] > 100 and trained["duration"] > 1
+    assert {entry["table"].split(".")[-1].strip('`"') for entry in trained["inputs"]} >= {"#training_params"}
 
 
 @pytest.mark.slow
