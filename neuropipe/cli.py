@@ -127,6 +127,23 @@ def _parser() -> argparse.ArgumentParser:
     scores.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
     scores.set_defaults(command=_scores)
 
+    report = commands.add_parser("report", help="write one self-contained HTML report: progress, timeline, "
+                                 "resources, errors, scores, images, Neuroglancer links")
+    _add_pipeline_options(report)
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    report.add_argument("--port", type=int, default=8765,
+                        help="port of `neuropipe view` the Neuroglancer links point at (default 8765)")
+    report.set_defaults(command=_report)
+
+    view = commands.add_parser("view", help="serve a dataset's image, membrane map and cells to Neuroglancer")
+    view.add_argument("dataset", help="the dataset to serve")
+    view.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
+    view.add_argument("--port", type=int, default=8765, help="port to serve on (default 8765; 0: any free port)")
+    view.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    view.add_argument("--key", type=json.loads, help='only maps and detections matching this key, as JSON: '
+                      '\'{"detection_id": "..."}\'')
+    view.set_defaults(command=_view, tables=None)
+
     database = commands.add_parser("db", help="the embedded PostgreSQL server: start, stop, status")
     database.add_argument("action", choices=("start", "stop", "status"))
     database.set_defaults(command=_db)
@@ -355,6 +372,22 @@ def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)[:24]
+
+
+def _report(args) -> int:
+    from neuropipe.reports import write_report
+
+    path = write_report(args.output, _pipeline(args), port=args.port)
+    print(f"wrote {path}")
+    return 0
+
+
+def _view(args) -> int:
+    from neuropipe.reports import viewer
+
+    tables = _pipeline(args)
+    return viewer.view(args.dataset, tables, viewer.cache_folder(load_settings()), host=args.host, port=args.port,
+                       restriction=args.key)
 
 
 def _db(args) -> int:
