@@ -8,6 +8,7 @@ import json
 import resource
 import sys
 import time
+import uuid
 
 from neuropipe.provenance.code import code_hash, versions
 from neuropipe.provenance.sidecar import Sidecar
@@ -66,15 +67,26 @@ class Recorder:
         self.connection = table.connection
         self.fixed = dict(code_hash=code_hash(table_class), **versions(), **worker)
         self.parents = upstream(table)
+        self.key_names = list(self.sidecar.primary_key)
+        self._statement = None
 
     def write(self, key: dict, measured: dict) -> None:
-        """Insert (or replace) ``key``'s provenance row; call inside the job's transaction."""
-        inputs = [dict(table=parent.name, key=parent.key_of(key)) for parent in self.parents]
-        row = dict(key, **self.fixed, **measured, inputs=inputs,
-                   params_hash=settings_hash(self.connection, self.parents, key))
-        stale = self.sidecar & {name: key[name] for name in self.sidecar.primary_key}
-        stale.delete_quick()  # a record left by a deleted row that is now made again
-        self.sidecar.insert1(row, ignore_extra_fields=True)
+        """Insert (or replace) ``key``'s provenance row; call inside the job's transaction.
+
+        One ``INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE`` in plain SQL (a record left by a
+        deleted row that is made again is replaced), plus one query per settings parent.
+        """
+        row = {name: key[name] for name in self.key_names}
+        row.update(self.fixed, **measured, params_hash=settings_hash(self.connection, self.parents, key),
+                   inputs=json.dumps([dict(table=parent.name, key=parent.key_of(key)) for parent in self.parents]))
+        if self._statement is None:
+            quote = self.connection.adapter.quote_identifier
+            self._columns = list(row)
+            self._statement = self.connection.adapter.upsert_on_duplicate_sql(
+                self.sidecar.full_table_name, [quote(name) for name in self._columns],
+                [quote(name) for name in self.key_names], 1)
+        binary_uuid = "mysql" in type(self.connection.adapter).__name__.lower()
+        self.connection.query(self._statement, args=tuple(_sql_value(row[name], binary_uuid) for name in self._columns))
 
 
 class Parent:
@@ -163,6 +175,12 @@ def _normalised(value):
 
 def _jsonable(value):
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def _sql_value(value, binary_uuid: bool):
+    if isinstance(value, uuid.UUID):  # MySQL keeps uuids as binary(16), PostgreSQL as uuid
+        return value.bytes if binary_uuid else str(value)
+    return value
 
 
 def _naive(moment: datetime.datetime) -> datetime.datetime:
