@@ -7,10 +7,12 @@ by ``neuropipe worker`` processes on the local PostgreSQL server (127.0.0.1:5432
 ``DJ_HOST``/``DJ_PORT``).  Reported, from the same run:
 
 - ``peak_rss_over_working_set``: the worker's peak RSS (``VmHWM``, polled, and as each job's
-  provenance records it) above that of a process
-  that only imports what a worker imports (torch alone is some 400 MB), over one block's
-  working set: the largest peak that one block of any step needs on its own (its read box, the
-  kernel run once in a fresh process and measured the same way);
+  provenance records it) above that of a process that only imports what a worker imports
+  (torch alone is some 400 MB), over one block's working set: the peak, above the same
+  baseline, of a fresh worker process that makes one interior block (read, compute, write,
+  commit) and stops, the largest over the block steps;
+- ``peak_rss_over_kernel_alone``: the same peak over the kernel alone on one block's read box
+  in a fresh process (no read, write or database), a stricter yardstick;
 - ``volume_over_working_set``: the bytes of the volume's float32 map over that working set;
 - MVx/s of the blockwise steps (volume voxels over the summed ``seconds`` of their block rows)
   against the whole-volume kernels (``predict_membrane``, ``detect_cells``) on the same volume;
@@ -48,6 +50,23 @@ SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 10
            "max_cells": 1_000_000}
 TILE = 64
 METHODS = {"components": COMPONENTS, "spheres": SPHERES}
+ONE_JOB = """
+import json, os, sys
+import schemas
+from neuropipe import registry, resources
+from neuropipe.config import load_settings
+from neuropipe.database import connect
+from neuropipe.worker import pipeline_tables, run_worker
+resources.limit_malloc_arenas()
+settings = load_settings()
+connection = connect(settings)
+schemas.activate(settings.schema_prefix, connection)
+registry.activate(settings.schema_prefix, connection)
+tally = run_worker(pipeline_tables([schemas], [sys.argv[1]]), max_idle=0, max_jobs=1,
+                   restrictions=(json.loads(sys.argv[2]),))
+assert sum(t.made for t in tally.values()) == 1, tally
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024)
+"""
 ONE_BLOCK = """
 import json, sys, numpy as np
 from neuropipe import ops
@@ -111,11 +130,49 @@ def peak_rss(pid: int) -> int:
         return 0
 
 
+def block_timings(membrane, detection, key: dict, shape, methods) -> dict:
+    """Per block step: blocks, mean compute and bookkeeping seconds, MVx/s (from the block rows and their jobs)."""
+    rows = {"membrane": (membrane.MembraneBlock & key), "detection": (detection.DetectionBlock & key)}
+    per_block = {}
+    for name, table in rows.items():  # detection: every parameter set, so several times the voxels
+        primary = type(table)().primary_key
+        durations = {tuple(job[k] for k in primary): job["duration"] for job in (type(table)().jobs & key).to_dicts()}
+        jobs = table.proj("seconds").to_dicts()
+        compute = np.array([job["seconds"] for job in jobs])
+        overhead = np.array([durations[tuple(job[k] for k in primary)] for job in jobs]) - compute
+        per_block[name] = {"blocks": len(jobs), "compute_s": round(float(compute.mean()), 3),
+                           "bookkeeping_s": round(float(overhead.mean()), 3)}
+        if name == "membrane":
+            per_block[name]["mvx_per_s"] = round(np.prod(shape) / 1e6 / compute.sum(), 2)
+    for method in methods:
+        found = detection.DetectionParams.insert_params(METHODS[method])  # its key (already there)
+        seconds_of = (detection.DetectionBlock & key & found).to_arrays("seconds")
+        per_block["detection"][f"{method}_mvx_per_s"] = round(np.prod(shape) / 1e6 / seconds_of.sum(), 2)
+    return per_block
+
+
 def recorded_peak(tables) -> int:
     """Return the largest per-job peak RSS (bytes) the workers recorded in the tables' provenance."""
     from neuropipe import provenance
 
     return int(max(max(provenance.of(table).to_arrays("peak_rss_mb"), default=0.0) for table in tables) * 1e6)
+
+
+def one_job_rss(settings: Settings, table: str, restriction: dict) -> int:
+    """Return the peak RSS (bytes) of a fresh worker process that makes one block of ``table`` and stops."""
+    env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
+           "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
+           "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16",
+           "OMP_NUM_THREADS": str(cpu_share(1))}
+    command = [sys.executable, "-c", ONE_JOB, table, json.dumps(restriction)]
+    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return int(output.strip().splitlines()[-1])
+
+
+def interior_block(shape, block) -> dict:
+    """Return the grid coordinates of a block with a full-size core and a full halo where the grid has one."""
+    counts = [-(-s // b) for s, b in zip(shape, block)]
+    return {name: min(1, count - 1) if count < 3 else 1 for name, count in zip(("grid_z", "grid_y", "grid_x"), counts)}
 
 
 def one_block_rss(step: str, shape, argument: str) -> int:
@@ -181,28 +238,16 @@ def main() -> None:
             membrane.InferenceParams.insert_params({"tile": TILE, "overlap": 8, "precision": "float32"})
             for method in args.methods:
                 detection.DetectionParams.insert_params(METHODS[method])
+            interior = {**interior_block(shape, block), "blocking_id": "bench"}
+            if workers == args.workers[0]:  # one block in a worker of its own, before the volume's run
+                baseline = baseline_rss()
+                job_needs = {"membrane": one_job_rss(settings, "MembraneBlock", interior) - baseline}
             steps = [membrane.MembraneBlock, membrane.MembraneMap, detection.DetectionBlock, detection.CellDetection]
             seconds, peak = run_workers(workers, settings, [step.__name__ for step in steps],
                                         folder / f"workers{workers}.log")
             peak = max(peak, recorded_peak(steps))
             key = {"dataset": "big", "blocking_id": "bench"}
-            rows = {"membrane": (membrane.MembraneBlock & key), "detection": (detection.DetectionBlock & key)}
-            per_block = {}
-            for name, table in rows.items():  # detection: both parameter sets, so twice the voxels
-                primary = type(table)().primary_key
-                durations = {tuple(job[k] for k in primary): job["duration"]
-                             for job in (type(table)().jobs & key).to_dicts()}
-                jobs = table.proj("seconds").to_dicts()
-                compute = np.array([job["seconds"] for job in jobs])
-                overhead = np.array([durations[tuple(job[k] for k in primary)] for job in jobs]) - compute
-                per_block[name] = {"blocks": len(jobs), "compute_s": round(float(compute.mean()), 3),
-                                   "bookkeeping_s": round(float(overhead.mean()), 3)}
-                if name == "membrane":
-                    per_block[name]["mvx_per_s"] = round(np.prod(shape) / 1e6 / compute.sum(), 2)
-            for method in args.methods:
-                found = detection.DetectionParams.insert_params(METHODS[method])  # its key (already there)
-                seconds_of = (detection.DetectionBlock & key & found).to_arrays("seconds")
-                per_block["detection"][f"{method}_mvx_per_s"] = round(np.prod(shape) / 1e6 / seconds_of.sum(), 2)
+            per_block = block_timings(membrane, detection, key, shape, args.methods)
             model_file = folder / "model.bin"
             model_file.write_bytes(model.to_bytes())
             needs = {"membrane": one_block_rss("membrane", read_box(block, (0, TILE - 1, TILE - 1), shape),
@@ -211,15 +256,21 @@ def main() -> None:
                 found = detection.DetectionParams.insert_params(METHODS[method])
                 halo = detection.DetectionBlock().halo({**key, **found})
                 needs[method] = one_block_rss(method, read_box(block, halo, shape), json.dumps(METHODS[method]))
-            working_set = max(needs.values())
+            if workers == args.workers[0]:
+                for method in args.methods:  # a parameter set of its own, so its blocks are still to do
+                    variant = detection.DetectionParams.insert_params(
+                        {**METHODS[method], "threshold": METHODS[method]["threshold"] + 0.01})
+                    job_needs[method] = one_job_rss(settings, "DetectionBlock", {**interior, **variant}) - baseline
+            working_set = max(job_needs.values())
             results["runs"][workers] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 1e6, 1),
                                         "per_block": per_block}
             if workers == args.workers[0]:
                 results["working_set_mb"] = round(working_set / 1e6, 1)
-                results["one_block_mb"] = {step: round(value / 1e6, 1) for step, value in needs.items()}
-                baseline = baseline_rss()
+                results["one_block_job_mb"] = {step: round(value / 1e6, 1) for step, value in job_needs.items()}
+                results["one_block_kernel_mb"] = {step: round(value / 1e6, 1) for step, value in needs.items()}
                 results["baseline_rss_mb"] = round(baseline / 1e6, 1)
                 results["peak_rss_over_working_set"] = round((peak - baseline) / working_set, 2)
+                results["peak_rss_over_kernel_alone"] = round((peak - baseline) / max(needs.values()), 2)
                 results["peak_rss_mb"] = round(peak / 1e6, 1)
                 results["volume_over_working_set"] = round(np.prod(shape) * 4 / working_set, 1)
                 image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
@@ -250,6 +301,8 @@ def main() -> None:
             registry.drop()
     print(json.dumps(results, indent=1, default=str))
     print(json.dumps({"peak_rss_over_working_set": results["peak_rss_over_working_set"],
+                      "peak_rss_over_kernel_alone": results["peak_rss_over_kernel_alone"],
+                      "working_set_mb": results["working_set_mb"],
                       "peak_rss_mb": results["peak_rss_mb"], "baseline_rss_mb": results["baseline_rss_mb"],
                       "volume_over_working_set": results["volume_over_working_set"],
                       "blockwise_equals_whole": results["blockwise_equals_whole"],
