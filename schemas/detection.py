@@ -102,9 +102,9 @@ class DetectionBlock(blockwise.PerBlock, dj.Computed):
                                                  voxel_size=voxel_size, origin=origin,
                                                  volume_shape=block.volume_shape, values=interior)
             return ids, _row(pieces, np.zeros((0, 5)))
-        interior = 1.0 - probability.astype(np.float64)
-        core = interior[block.core_in_read]
-        found = ops.detect_cells(interior, voxel_size=voxel_size, **params)
+        whole_interior = 1.0 - probability.astype(np.float64)
+        core = whole_interior[block.core_in_read]
+        found = ops.detect_cells(whole_interior, voxel_size=voxel_size, **params)
         read_origin = np.array([start for start, _ in block.read], float)
         centroids = np.asarray(found.centroids, float).reshape(-1, 3) + read_origin
         ids = stitch.centroid_ids(centroids, block.volume_shape)

@@ -1,11 +1,13 @@
 """Which code makes a table's rows: package version, git commit, and a hash of the source.
 
 A table's *code hash* covers the source of its class (``make()`` and whatever the class
-defines) and of every module of this project that the table's module refers to by name:
-the kernels it calls (``neuropipe.ops``, ``neuropipe.blockwise``, ...) and the schema modules
-it builds on.  Editing a kernel therefore changes the hash of every table whose module uses
-it, and ``neuropipe stale`` finds the rows those tables made with the old code.  Library code
-(numpy, cc3d, torch) is covered by the package versions, not hashed.
+defines), of its module, and of every module of this project that those refer to by name,
+transitively: the kernels it calls (``neuropipe.ops``, ``neuropipe.blockwise``, ...).  Other
+modules of tables are left out: their tables' rows have code hashes of their own, and a
+row made from a stale upstream row is stale through it.  Editing a kernel therefore changes
+the hash of every table whose module uses it, and ``neuropipe stale`` finds the rows those
+tables made with the old code.  Library code (numpy, cc3d, torch) is covered by the package
+versions, not hashed; the worker machinery (how jobs run, not what they compute) is not hashed.
 
 Everything here is computed once per process and cached.
 """
@@ -76,15 +78,15 @@ def code_files(module: ModuleType) -> set[Path]:
     """Return the source files of the project's modules that ``module`` uses, itself included.
 
     Followed transitively through the project's own modules: a schema module that imports
-    ``neuropipe.ops`` brings in every ``ops`` module, and a schema module imported by another
-    (``schemas.membrane`` by ``schemas.detection``) brings in its kernels too.
+    ``neuropipe.ops`` brings in every ``ops`` module.  Modules of other tables are not
+    followed (see the module docstring).
     """
     seen: dict[str, Path] = {}
     pending = [module]
     while pending:
         current = pending.pop()
         path = getattr(current, "__file__", None)
-        if current.__name__ in seen or not path:
+        if current.__name__ in seen or not path or (current is not module and _defines_tables(current)):
             continue
         seen[current.__name__] = Path(path)
         pending.extend(_referenced_modules(current))
@@ -103,6 +105,14 @@ def _referenced_modules(module: ModuleType) -> list[ModuleType]:
             prefix = value.__name__ + "."
             found.extend(sub for key, sub in list(sys.modules.items()) if key.startswith(prefix) and sub)
     return found
+
+
+def _defines_tables(module: ModuleType) -> bool:
+    """Return whether ``module`` defines DataJoint tables (Manual, Lookup, Imported, Computed)."""
+    from datajoint.user_tables import UserTable
+
+    return any(isinstance(value, type) and issubclass(value, UserTable) and value.__module__ == module.__name__
+               for value in vars(module).values())
 
 
 def _is_machinery(name: str) -> bool:
