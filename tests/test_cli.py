@@ -51,3 +51,29 @@ def test_worker_status_errors_and_retry(environment, tmp_path, capsys):
 def test_bad_gpu_spec_is_a_clear_error(capsys):
     assert main(["worker", "--gpus", "first"]) == 2
     assert "expected 'all', 'none' or device indices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings", ["mysql"], indirect=True)
+def test_stale_lists_and_recomputes_rows_whose_settings_changed(environment, tmp_path, capsys, monkeypatch):
+    volume = environment.volume
+    np.save(tmp_path / "stack.npy", np.arange(4 * 6 * 6, dtype=np.uint8).reshape(4, 6, 6))
+    volume.Dataset.insert1(dict(dataset="stack", source=f"file://{tmp_path}/stack.npy"))
+    assert main(["worker", "--tables", "Volume", "--max-idle", "0", "--heartbeat", "1"]) == 0
+    capsys.readouterr()
+    assert main(["stale", "--tables", "Volume"]) == 0
+    assert "0 stale row(s)" in capsys.readouterr().out
+
+    volume.Dataset.update1(dict(dataset="stack", bbox="0:2,0:6,0:6"))  # the dataset edited in place
+    assert main(["stale", "--tables", "Volume"]) == 0
+    out = capsys.readouterr().out
+    assert "Volume" in out and "1 settings changed" in out and "--recompute" in out
+
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["stale", "--tables", "Volume", "--recompute"]) == 1
+    assert "nothing deleted" in capsys.readouterr().out and len(volume.Volume()) == 1
+    assert main(["stale", "--tables", "Volume", "--recompute", "--yes"]) == 0
+    assert "deleted 1 from Volume" in capsys.readouterr().out and len(volume.Volume()) == 0
+    assert main(["worker", "--tables", "Volume", "--max-idle", "0", "--heartbeat", "1"]) == 0
+    assert (volume.Volume & {"dataset": "stack"}).fetch1("depth") == 2
+    assert main(["stale", "--tables", "Volume"]) == 0
+    assert "0 stale row(s)" in capsys.readouterr().out
