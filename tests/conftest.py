@@ -114,6 +114,17 @@ def pipeline(settings):
     registry.drop()
 
 
+@pytest.fixture
+def environment(pipeline, settings, monkeypatch):
+    """The bound pipeline, with the command line (and worker processes) pointed at the test's server, schemas, store."""
+    for variable, value in {"DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
+                            "DJ_PASS": "", "DJ_BACKEND": settings.backend,
+                            "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
+                            "NEUROPIPE_STORE": str(settings.store)}.items():
+        monkeypatch.setenv(variable, value)
+    return pipeline
+
+
 @pytest.fixture(scope="session", params=["mysql", "postgresql"])
 def private_server(request):
     """A MariaDB or PostgreSQL server of the session's own, which tests may restart and crash.

@@ -43,16 +43,6 @@ THRESHOLDS = (0.3, 0.5, 0.7)  # the sample plan's detection threshold is 0.5
 SECTIONS = ("progress", "timeline", "resources", "errors", "scores", "images", "neuroglancer")
 
 
-@pytest.fixture
-def environment(pipeline, settings, monkeypatch):
-    """Point the command line (and worker processes) at the test's own server, schemas and store."""
-    for variable, value in {"DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
-                            "DJ_PASS": "", "DJ_BACKEND": settings.backend,
-                            "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-                            "NEUROPIPE_STORE": str(settings.store)}.items():
-        monkeypatch.setenv(variable, value)
-    return pipeline
-
 
 def run_chain(pipeline, folder: Path) -> int:
     """Register the sample, a detection sweep and a broken dataset; populate with two workers.

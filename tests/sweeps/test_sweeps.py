@@ -17,16 +17,6 @@ parameters:
 """
 
 
-@pytest.fixture
-def environment(pipeline, settings, monkeypatch):
-    """Point the command line at the test's own server, schemas and store."""
-    for variable, value in {"DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
-                            "DJ_PASS": "", "DJ_BACKEND": settings.backend,
-                            "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-                            "NEUROPIPE_STORE": str(settings.store)}.items():
-        monkeypatch.setenv(variable, value)
-    return pipeline
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
