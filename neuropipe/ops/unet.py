@@ -262,15 +262,19 @@ def _normalise(images, mean, std, per_slice, slice_stats=None):
     drift (ISBI 2012: slice standard deviations from 34 to 51 grey levels); per-slice
     normalisation takes that drift out before the network sees it.
     """
-    images = np.asarray(images, np.float32)
+    images = np.array(images, np.float32)  # a copy, normalised in place: one volume of float32, not three
     if not per_slice:
-        return (images - np.float32(mean)) / np.float32(std)
+        images -= np.float32(mean)
+        images /= np.float32(std)
+        return images
     if slice_stats is not None:
         means, stds = (np.asarray(values, np.float32).reshape(-1, 1, 1) for values in slice_stats)
     else:
         means = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
         stds = images.std(axis=(1, 2), keepdims=True, dtype=np.float64).astype(np.float32)
-    return (images - means) / np.where(stds > 0, stds, np.float32(std))
+    images -= means
+    images /= np.where(stds > 0, stds, np.float32(std))
+    return images
 
 
 def _context(z, depth, context):
@@ -667,7 +671,7 @@ def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, pre
             for y in _tiles_inside(y0, ny, height, th, max(1, th - overlap))
             for x in _tiles_inside(x0, nx, width, tw, max(1, tw - overlap))]
     total = np.zeros(volume.shape, np.float32)
-    norm = np.zeros(volume.shape, np.float32)
+    norm = np.zeros(volume.shape[1:], np.float32)  # the tiles lie alike on every slice: one plane of weights
     views = range(8) if augment else range(1)
     with torch.inference_mode(), _autocast(device, precision):
         for i in range(0, len(jobs), batch_size):
@@ -683,7 +687,8 @@ def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, pre
             prob /= len(views)
             for (z, y, x), p in zip(chunk, prob):
                 total[z, y:y + th, x:x + tw] += p * weight
-                norm[z, y:y + th, x:x + tw] += weight
+                if z == 0:
+                    norm[y:y + th, x:x + tw] += weight
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = total / norm
-    return np.clip(out, 0.0, 1.0, out=out)
+        total /= norm
+    return np.clip(total, 0.0, 1.0, out=total)
