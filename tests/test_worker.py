@@ -139,18 +139,22 @@ def test_a_reservation_its_worker_lost_track_of_returns_within_a_heartbeat(toy, 
 @SERVERS
 def test_a_paused_worker_that_lost_its_job_creates_no_duplicate_or_error(toy, settings, tmp_path):
     toy.Item.insert1({"item": 5})
-    jobs = toy.Square().jobs
-    paused = worker_process(settings, tmp_path / "worker-paused.log", "--max-jobs", "1", TOY_DELAY=3)
-    wait_until(lambda: jobs.reserved, 30, "the job to start")
+    jobs = toy.Gated().jobs
+    (tmp_path / "5.gate").write_text("before-insert")  # the paused worker stops inside make(), before its insert
+    paused = worker_process(settings, tmp_path / "worker-paused.log", "--max-jobs", "1", tables=("Gated",),
+                            TOY_STATE=tmp_path)
+    wait_until(lambda: (tmp_path / "5.before-insert.arrived").exists(), 30, "the job to reach its insert")
     paused.send_signal(signal.SIGSTOP)
-    other = worker_process(settings, tmp_path / "worker-other.log", "--max-jobs", "1", TOY_DELAY=0)
+    (tmp_path / "5.open").write_text("")
+    other = worker_process(settings, tmp_path / "worker-other.log", "--max-jobs", "1", tables=("Gated",),
+                           TOY_STATE=tmp_path)
     try:
         assert other.wait(timeout=60) == 0, logs(tmp_path)
-        assert toy.Square.fetch1("made_by_pid") == other.pid
+        assert toy.Gated.fetch1("made_by_pid") == other.pid
     finally:
         paused.send_signal(signal.SIGCONT)
     assert paused.wait(timeout=60) == 0, logs(tmp_path)
-    assert len(toy.Square()) == 1 and jobs.fetch1("status") == "success"
+    assert len(toy.Gated()) == 1 and jobs.fetch1("status") == "success"
     assert not jobs.errors and not registry.Failure()
     assert "made by another worker meanwhile" in (tmp_path / "worker-paused.log").read_text()
 
