@@ -15,6 +15,7 @@ on them (after showing what will go) and queues their keys again.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from neuropipe.provenance.code import code_hash
@@ -29,6 +30,7 @@ class StaleRows:
     table: type
     keys: list = field(default_factory=list)
     reasons: list = field(default_factory=list)
+    _seen: set = field(default_factory=set, repr=False)
 
     @property
     def name(self) -> str:
@@ -37,7 +39,9 @@ class StaleRows:
 
     def add(self, key: dict, reason: str) -> None:
         """Add ``key`` (once) for ``reason``."""
-        if key not in self.keys:
+        frozen = tuple(sorted((name, str(value)) for name, value in key.items()))
+        if frozen not in self._seen:
+            self._seen.add(frozen)
             self.keys.append(key)
             self.reasons.append(reason)
 
@@ -98,8 +102,6 @@ def own_staleness(table) -> list[tuple[dict, str]]:
 
 def _settings_hashes(table):
     """Return ``key -> settings hash`` as :func:`~neuropipe.provenance.record.settings_hash` computes it."""
-    import hashlib
-
     parents = [parent for parent in upstream(table) if parent.is_setting]
     quote = table.connection.adapter.quote_identifier
     hashes = []
