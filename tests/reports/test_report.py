@@ -34,8 +34,6 @@ from neuropipe.io.stored import open_stored
 from neuropipe.reports import viewer
 from neuropipe.worker import pipeline_tables, run_worker
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOT = REPO / "docs" / "report-screenshot.png"  # refreshed where NEUROPIPE_SAVE_SCREENSHOT=1
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
@@ -309,9 +307,8 @@ def open_in_chromium(report: Path, tmp_path: Path, served: str) -> None:
     assert title == "neuropipe report" and len(drawn) == 6
     for complete, width, height, shown, alt in drawn:
         assert complete and width > 100 and height > 100 and shown > 100, alt
-    if os.environ.get("NEUROPIPE_SAVE_SCREENSHOT") == "1":  # not on every run: it would dirty the tree
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(tmp_path / "report-screenshot.png", SCREENSHOT)
+    if os.environ.get("NEUROPIPE_SCREENSHOT"):  # a copy where the caller wants it (never into the repository)
+        shutil.copyfile(tmp_path / "report-screenshot.png", os.environ["NEUROPIPE_SCREENSHOT"])
 
 
 @pytest.mark.parametrize("settings", ["mysql"], indirect=True)
