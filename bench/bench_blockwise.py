@@ -6,11 +6,12 @@ block by block, and cells are detected as connected components (stitched) and as
 by ``neuropipe worker`` processes on the local PostgreSQL server (127.0.0.1:5432, or
 ``DJ_HOST``/``DJ_PORT``).  Reported, from the same run:
 
-- ``peak_rss_over_working_set``: the worker's peak RSS (``VmHWM``, polled, and as each job's
-  provenance records it) above that of a process that only imports what a worker imports
-  (torch alone is some 400 MB), over one block's working set: the peak, above the same
-  baseline, of a fresh worker process that makes one interior block (read, compute, write,
-  commit) and stops, the largest over the block steps;
+- ``peak_rss_over_working_set``: how far a worker that serves the whole volume grows above its
+  own resident memory before its first job (its peak: ``VmHWM``, polled, and as each job's
+  provenance records it), over one block's working set: how far a fresh worker process that
+  makes one interior block (read, compute, write, commit) and stops grows above its own, the
+  largest over the block steps.  Each process is its own baseline (imports, torch alone is
+  some 400 MB, and the connection), so no separately measured process enters the ratio;
 - ``peak_rss_over_kernel_alone``: the same peak over the kernel alone on one block's read box
   in a fresh process (no read, write or database), a stricter yardstick;
 - ``volume_over_working_set``: the bytes of the volume's float32 map over that working set;
@@ -50,7 +51,7 @@ SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 10
            "max_cells": 1_000_000}
 TILE = 64
 METHODS = {"components": COMPONENTS, "spheres": SPHERES}
-ONE_JOB = """
+WORKER = """
 import json, os, sys
 import schemas
 from neuropipe import registry, resources
@@ -62,10 +63,14 @@ settings = load_settings()
 connection = connect(settings)
 schemas.activate(settings.schema_prefix, connection)
 registry.activate(settings.schema_prefix, connection)
-tally = run_worker(pipeline_tables([schemas], [sys.argv[1]]), max_idle=0, max_jobs=1,
-                   restrictions=(json.loads(sys.argv[2]),))
-assert sum(t.made for t in tally.values()) == 1, tally
-print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024)
+tables = pipeline_tables([schemas], json.loads(sys.argv[1]))
+max_jobs = int(sys.argv[3]) or None
+with open(sys.argv[4], 'w') as ready:  # this process's resident memory before its first job
+    status = open('/proc/self/status').read()
+    json.dump({'pid': os.getpid(), 'ready': int(status.split('VmRSS:')[1].split()[0]) * 1024}, ready)
+tally = run_worker(tables, max_idle=0 if max_jobs else 3, poll_seconds=0.5, heartbeat=2, max_jobs=max_jobs,
+                   restrictions=(json.loads(sys.argv[2]),) if sys.argv[2] != 'null' else ())
+assert not max_jobs or sum(t.made for t in tally.values()) == max_jobs, tally
 """
 ONE_BLOCK = """
 import json, sys, numpy as np
@@ -97,28 +102,42 @@ def write_source(path: Path, shape, tile=(32, 256, 256), distinct: int = 8) -> N
         array[box] = samples[index % distinct][tuple(slice(0, b.stop - b.start) for b in box)]
 
 
-def run_workers(count: int, settings: Settings, tables, log: Path) -> tuple[float, int]:
-    """Run ``count`` worker processes until the graph is drained; return (seconds, peak RSS in bytes).
+def worker_env(settings: Settings, count: int) -> dict:
+    """Return the environment of a bench worker: the bench's schema and store, threads as ``--processes`` sets."""
+    return {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
+            "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
+            "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16",
+            "OMP_NUM_THREADS": str(cpu_share(count))}
 
-    The peak is the largest ``VmHWM`` read from ``/proc`` while the workers run (polled every
-    0.1 s); ``ru_maxrss`` would not do: Linux carries it over from the parent across exec.
+
+def run_workers(count: int, settings: Settings, tables, log: Path, restriction=None, max_jobs: int = 0):
+    """Run ``count`` worker processes until the graph is drained (or each made ``max_jobs``).
+
+    Returns (seconds, {pid: (resident bytes before the first job, peak bytes, {table: peak bytes})}).  The peak is
+    the largest ``VmHWM`` read from ``/proc`` while the worker runs (polled every 0.1 s) or
+    recorded by its jobs' provenance (each job resets ``VmHWM``, so the process's own final
+    value is only its last job's); ``ru_maxrss`` would not do: Linux carries it over from the
+    parent across exec.
     """
-    env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
-           "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-           "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16"}
-    command = [sys.executable, "-m", "neuropipe.cli", "worker", *(f"--tables={t}" for t in tables),
-               "--max-idle", "3", "--poll", "0.5", "--heartbeat", "2"]
+    command = [sys.executable, "-c", WORKER, json.dumps(list(tables)), json.dumps(restriction), str(max_jobs)]
     start = time.perf_counter()
-    env["OMP_NUM_THREADS"] = str(cpu_share(count))  # as `neuropipe worker --processes N` does
-    workers = [subprocess.Popen(command, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-               for _ in range(count)]
-    peak = 0
+    ready = [log.with_suffix(f".ready{index}") for index in range(count)]
+    workers = [subprocess.Popen([*command, str(path)], env=worker_env(settings, count), stdout=open(log, "ab"),
+                                stderr=subprocess.STDOUT) for path in ready]
+    polled = {worker.pid: 0 for worker in workers}
     while any(worker.poll() is None for worker in workers):
-        peak = max([peak] + [peak_rss(worker.pid) for worker in workers if worker.poll() is None])
+        for worker in workers:
+            polled[worker.pid] = max(polled[worker.pid], peak_rss(worker.pid) if worker.poll() is None else 0)
         time.sleep(0.1)
     if any(worker.returncode != 0 for worker in workers):
         raise SystemExit(f"a worker failed; see {log}")
-    return time.perf_counter() - start, peak
+    seconds = time.perf_counter() - start
+    memory = {}
+    for path in ready:
+        found = json.loads(path.read_text())
+        peaks = recorded_peaks(tables, found["pid"])
+        memory[found["pid"]] = (found["ready"], max(polled[found["pid"]], *peaks.values()), peaks)
+    return seconds, memory
 
 
 def peak_rss(pid: int) -> int:
@@ -151,22 +170,19 @@ def block_timings(membrane, detection, key: dict, shape, methods) -> dict:
     return per_block
 
 
-def recorded_peak(tables) -> int:
-    """Return the largest per-job peak RSS (bytes) the workers recorded in the tables' provenance."""
+def recorded_peaks(tables, pid: int) -> dict:
+    """Return, per table, the largest per-job peak RSS (bytes) that worker ``pid`` recorded in its provenance."""
+    import schemas
     from neuropipe import provenance
+    from neuropipe.worker import pipeline_tables
 
-    return int(max(max(provenance.of(table).to_arrays("peak_rss_mb"), default=0.0) for table in tables) * 1e6)
+    return {table.__name__: int(max((provenance.of(table) & {"pid": pid}).to_arrays("peak_rss_mb"), default=0) * 1e6)
+            for table in pipeline_tables([schemas], tables)}
 
 
-def one_job_rss(settings: Settings, table: str, restriction: dict) -> int:
-    """Return the peak RSS (bytes) of a fresh worker process that makes one block of ``table`` and stops."""
-    env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
-           "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-           "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16",
-           "OMP_NUM_THREADS": str(cpu_share(1))}
-    command = [sys.executable, "-c", ONE_JOB, table, json.dumps(restriction)]
-    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return int(output.strip().splitlines()[-1])
+def growth(memory: dict) -> int:
+    """Return the most any one worker grew above its resident memory before its first job (bytes)."""
+    return max(peak - ready for ready, peak, _ in memory.values())
 
 
 def interior_block(shape, block) -> dict:
@@ -184,13 +200,6 @@ def one_block_rss(step: str, shape, argument: str) -> int:
 def read_box(block, halo, shape) -> tuple:
     """Return the extent of a block's read box away from the volume's faces."""
     return tuple(min(b + 2 * h, s) for b, h, s in zip(block, halo, shape))
-
-
-def baseline_rss() -> int:
-    """Return the peak RSS (bytes) of a process that imports what a worker imports and does nothing."""
-    code = ("import torch, zarr, cc3d, schemas, neuropipe.cli, neuropipe.worker; "
-            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
-    return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout) * 1024
 
 
 def main() -> None:
@@ -240,12 +249,10 @@ def main() -> None:
                 detection.DetectionParams.insert_params(METHODS[method])
             interior = {**interior_block(shape, block), "blocking_id": "bench"}
             if workers == args.workers[0]:  # one block in a worker of its own, before the volume's run
-                baseline = baseline_rss()
-                job_needs = {"membrane": one_job_rss(settings, "MembraneBlock", interior) - baseline}
-            steps = [membrane.MembraneBlock, membrane.MembraneMap, detection.DetectionBlock, detection.CellDetection]
-            seconds, peak = run_workers(workers, settings, [step.__name__ for step in steps],
-                                        folder / f"workers{workers}.log")
-            peak = max(peak, recorded_peak(steps))
+                job_needs = {"membrane": growth(run_workers(1, settings, ["MembraneBlock"], folder / "one.log",
+                                                            interior, max_jobs=1)[1])}
+            steps = ["MembraneBlock", "MembraneMap", "DetectionBlock", "CellDetection"]
+            seconds, memory = run_workers(workers, settings, steps, folder / f"workers{workers}.log")
             key = {"dataset": "big", "blocking_id": "bench"}
             per_block = block_timings(membrane, detection, key, shape, args.methods)
             model_file = folder / "model.bin"
@@ -260,18 +267,23 @@ def main() -> None:
                 for method in args.methods:  # a parameter set of its own, so its blocks are still to do
                     variant = detection.DetectionParams.insert_params(
                         {**METHODS[method], "threshold": METHODS[method]["threshold"] + 0.01})
-                    job_needs[method] = one_job_rss(settings, "DetectionBlock", {**interior, **variant}) - baseline
+                    job_needs[method] = growth(run_workers(1, settings, ["DetectionBlock"], folder / "one.log",
+                                                           {**interior, **variant}, max_jobs=1)[1])
             working_set = max(job_needs.values())
-            results["runs"][workers] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 1e6, 1),
-                                        "per_block": per_block}
+            results["runs"][workers] = {"seconds": round(seconds, 1), "per_block": per_block,
+                                        "peak_rss_mb": round(max(peak for _, peak, _ in memory.values()) / 1e6, 1),
+                                        "growth_mb": round(growth(memory) / 1e6, 1),
+                                        "growth_by_step_mb": {step: round(max(peaks[step] - ready for ready, _, peaks
+                                                                              in memory.values()) / 1e6, 1)
+                                                              for step in steps}}
             if workers == args.workers[0]:
                 results["working_set_mb"] = round(working_set / 1e6, 1)
                 results["one_block_job_mb"] = {step: round(value / 1e6, 1) for step, value in job_needs.items()}
                 results["one_block_kernel_mb"] = {step: round(value / 1e6, 1) for step, value in needs.items()}
-                results["baseline_rss_mb"] = round(baseline / 1e6, 1)
-                results["peak_rss_over_working_set"] = round((peak - baseline) / working_set, 2)
-                results["peak_rss_over_kernel_alone"] = round((peak - baseline) / max(needs.values()), 2)
-                results["peak_rss_mb"] = round(peak / 1e6, 1)
+                results["ready_rss_mb"] = round(min(ready for ready, _, _ in memory.values()) / 1e6, 1)
+                results["peak_rss_over_working_set"] = round(growth(memory) / working_set, 2)
+                results["peak_rss_over_kernel_alone"] = round(growth(memory) / max(needs.values()), 2)
+                results["peak_rss_mb"] = results["runs"][workers]["peak_rss_mb"]
                 results["volume_over_working_set"] = round(np.prod(shape) * 4 / working_set, 1)
                 image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
                 start = time.perf_counter()
@@ -303,7 +315,7 @@ def main() -> None:
     print(json.dumps({"peak_rss_over_working_set": results["peak_rss_over_working_set"],
                       "peak_rss_over_kernel_alone": results["peak_rss_over_kernel_alone"],
                       "working_set_mb": results["working_set_mb"],
-                      "peak_rss_mb": results["peak_rss_mb"], "baseline_rss_mb": results["baseline_rss_mb"],
+                      "peak_rss_mb": results["peak_rss_mb"], "ready_rss_mb": results["ready_rss_mb"],
                       "volume_over_working_set": results["volume_over_working_set"],
                       "blockwise_equals_whole": results["blockwise_equals_whole"],
                       "seconds_by_workers": {w: r["seconds"] for w, r in results["runs"].items()},

@@ -150,6 +150,22 @@ def retrying_declaration(declare, *args, attempts: int = 5, **kwargs):
             time.sleep(0.2 + random.random())
 
 
+def insert_in_parts(table, rows, size: int = 5000) -> None:
+    """Insert ``rows`` (any iterable, a generator best) ``size`` at a time.
+
+    DataJoint builds one statement of all the rows it is given; a detection's hundred
+    thousand cells would take some 100 MB of dicts and SQL text at once.
+    """
+    part = []
+    for row in rows:
+        part.append(row)
+        if len(part) == size:
+            table.insert(part)
+            part = []
+    if part:
+        table.insert(part)
+
+
 def bind_schema(schema, name: str, connection) -> None:
     """Activate ``schema`` as ``name`` on ``connection``, re-binding it if bound elsewhere.
 

@@ -9,7 +9,7 @@ mixed sizes (``method='blobs'``), as chosen by :class:`DetectionParams`.
 import numpy as np
 
 from neuropipe import blockwise, ops
-from neuropipe.database import import_datajoint
+from neuropipe.database import import_datajoint, insert_in_parts
 from neuropipe.io.stored import open_stored
 from neuropipe.ops import stitch
 from neuropipe.ops.components import thick_sections
@@ -100,7 +100,8 @@ class DetectionBlock(blockwise.PerBlock, dj.Computed):
             mask = np.stack([interior(z) > threshold for z in range(core.shape[0])])
             ids, pieces = stitch.block_fragments(mask, block.linear, connectivity=_connectivity(voxel_size),
                                                  voxel_size=voxel_size, origin=origin,
-                                                 volume_shape=block.volume_shape, values=interior)
+                                                 volume_shape=block.volume_shape, values=interior,
+                                                 dust=int(params.get("min_voxels", 10)))
             return ids, _row(pieces, np.zeros((0, 5)))
         whole_interior = 1.0 - probability.astype(np.float64)
         core = whole_interior[block.core_in_read]
@@ -174,10 +175,10 @@ class CellDetection(dj.Computed):
             output[region] = stitch.relabel(np.asarray(provisional[region]), cells["ids"], cells["labels"])
         self.insert1(dict(key, labels=blockwise.output_reference(self, key, name="labels"),
                           cell_count=len(cells["centroids"])))
-        self.Cell.insert(
+        insert_in_parts(self.Cell, (
             dict(key, cell_id=index + 1, centroid_z=z, centroid_y=y, centroid_x=x, score=score, voxel_count=count)
             for index, ((z, y, x), score, count) in enumerate(zip(cells["centroids"], cells["scores"],
-                                                                  cells["voxel_counts"])))
+                                                                  cells["voxel_counts"]))))
 
 
 def _row(pieces: dict, owned: np.ndarray) -> dict:
@@ -193,7 +194,7 @@ def _stitched_cells(key: dict, pieces: dict, provisional, params: dict) -> dict:
     def read_plane(axis, index, box):
         box = list(box)
         box.insert(axis, (index, index + 1))
-        return np.take(np.asarray(provisional[blockwise.slices(box)]), 0, axis=axis)
+        return np.take(blockwise.grid.read_chunkwise(provisional, box), 0, axis=axis)
 
     pairs = stitch.stitch_pairs(read_plane, provisional.shape, provisional.chunks, _connectivity(voxel_size),
                                     planar)

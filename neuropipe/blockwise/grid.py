@@ -52,3 +52,26 @@ def slices(box: Box, within: Box | None = None) -> tuple:
 def contains(box: Box, point) -> bool:
     """Return True when ``point`` (ZYX, may be fractional) lies in the half-open ``box``."""
     return all(start <= value < stop for (start, stop), value in zip(box, point))
+
+
+def read_chunkwise(array, box: Box):
+    """Read ``box`` of a chunked array one chunk at a time into one numpy array.
+
+    Zarr decodes every chunk a read touches, all at once: a thin box across many chunks (a
+    block's face, grown by a voxel into its neighbours) would hold nine decoded chunks for one
+    plane.  Read piece by piece, it holds one.
+    """
+    import numpy as np
+
+    out = np.empty([stop - start for start, stop in box], array.dtype)
+    pieces = [_chunk_ranges(start, stop, chunk) for (start, stop), chunk in zip(box, array.chunks)]
+    for part in product(*pieces):
+        target = tuple(slice(a - start, b - start) for (a, b), (start, _) in zip(part, box))
+        out[target] = array[tuple(slice(a, b) for a, b in part)]
+    return out
+
+
+def _chunk_ranges(start: int, stop: int, chunk: int) -> list[tuple[int, int]]:
+    """Split ``[start, stop)`` where it crosses multiples of ``chunk``."""
+    edges = [start, *range((start // chunk + 1) * chunk, stop, chunk), stop]
+    return list(zip(edges[:-1], edges[1:]))

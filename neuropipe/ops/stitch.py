@@ -223,7 +223,7 @@ def _plane_pieces(plane: np.ndarray, z: int, origin, volume_shape, values) -> di
 
 
 def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, voxel_size=None, origin=(0, 0, 0),
-                    volume_shape=None, values=None) -> tuple[np.ndarray, dict]:
+                    volume_shape=None, values=None, dust: int = 0) -> tuple[np.ndarray, dict]:
     """Label one block's core; return its fragment ids and their :func:`pieces`.
 
     Parameters
@@ -232,12 +232,26 @@ def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, vo
         The block's core (no halo).
     block_index : int
         Linear index of the block in its grid (makes the fragment ids unique).
+    dust : int
+        Pieces smaller than this that touch none of the core's faces are left out: they
+        are whole components too small to keep, and describing them would make the
+        volume's assembly hold millions of pieces of noise.
     """
     from neuropipe.ops.components import label_components
 
     found = label_components(mask, connectivity=connectivity, voxel_size=voxel_size)
     fragments = fragment_ids(found.labels, block_index)
-    return fragments, pieces(fragments, values, origin=origin, volume_shape=volume_shape)
+    described = pieces(fragments, values, origin=origin, volume_shape=volume_shape)
+    if dust > 0 and len(described["ids"]):
+        on_faces = np.unique(np.concatenate([np.unique(fragments[index]) for index in _faces(fragments.ndim)]))
+        keep = (described["voxel_counts"] >= dust) | np.isin(described["ids"], on_faces)
+        described = {name: column[keep] for name, column in described.items()}
+    return fragments, described
+
+
+def _faces(ndim: int) -> list[tuple]:
+    """Return the index expressions of an array's faces (first and last plane along each axis)."""
+    return [tuple([slice(None)] * axis + [end]) for axis in range(ndim) for end in (0, -1)]
 
 
 def stitch_pairs(read_plane, shape, block, connectivity: int, planar: bool) -> np.ndarray:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from neuropipe.ops import label_components
+from neuropipe.ops import stitch
 from neuropipe.ops.stitch import boundary_pairs, crossing_offsets, merge_fragments, stitched_components
 
 BLOCKS = [(5, 8, 9), (7, 37, 10), (1, 1, 41), (23, 37, 41), (4, 4, 4)]  # most do not divide (23, 37, 41)
@@ -53,3 +54,15 @@ def test_thick_sections_never_join_across_z():
     before, after = np.array([[1, 0]], np.uint64), np.array([[0, 2]], np.uint64)
     assert boundary_pairs(before, after, crossing_offsets(6, 1)).shape == (0, 2)
     assert boundary_pairs(before, after, crossing_offsets(26, 1)).tolist() == [[1, 2]]
+
+
+def test_block_fragments_leave_out_small_pieces_that_touch_no_face():
+    mask = np.zeros((8, 8, 8), bool)
+    mask[3:5, 3:5, 3:5] = True  # 8 voxels inside: a whole component, kept (not dust)
+    mask[0, 0, 0] = True  # 1 voxel on a face: may join a neighbour's piece
+    mask[2:7, 2, 6] = True  # 5 voxels inside, not touching the others: dust, left out
+    ids, kept = stitch.block_fragments(mask, 0, connectivity=6, dust=6)
+    _, every = stitch.block_fragments(mask, 0, connectivity=6)
+    assert len(every["ids"]) == 3
+    assert sorted(kept["voxel_counts"].tolist()) == [1, 8]
+    assert set(kept["ids"]) <= set(np.unique(ids[ids > 0]))
