@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 import warnings
 
 from neuropipe.config import Settings, load_settings
@@ -148,6 +149,13 @@ def retrying_declaration(declare, *args, attempts: int = 5, **kwargs):
                 raise
             logger.debug("declaration raced with another worker (%s); trying again", error)
             time.sleep(0.2 + random.random())
+
+
+def sql_value(value, connection):
+    """Return ``value`` as a query argument of ``connection``'s driver: uuids as MySQL's binary(16) or text."""
+    if isinstance(value, uuid.UUID):
+        return value.bytes if "mysql" in type(connection.adapter).__name__.lower() else str(value)
+    return value
 
 
 def insert_in_parts(table, rows, size: int = 5000) -> None:

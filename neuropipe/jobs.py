@@ -10,6 +10,9 @@ and keeps every state in that table so what DataJoint users already query shows 
   never done without its rows nor its rows without the job done (with the claim, two
   commits per job where DataJoint's populate makes four), and a worker that lost its
   reservation while paused cannot create a duplicate or an error row;
+- ``run_batch`` is the same for many short jobs at once: it claims them inside one
+  transaction (locked, so other workers skip them), makes them one after another and
+  commits once: one durable commit for the batch;
 - ``fail`` records the attempt in :class:`~neuropipe.registry.Failure` and either
   re-queues the job with backoff (transient failures) or marks it ``error`` (permanent);
 - ``release`` and ``reset_orphans`` hand reservations back to the queue;
@@ -32,15 +35,19 @@ import random
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neuropipe import failures, registry
-from neuropipe.database import import_datajoint, retrying_declaration
+from neuropipe.database import import_datajoint, retrying_declaration, sql_value
 from neuropipe.provenance import JobMeter, Recorder
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
 Not = dj.condition.Not
+
+SHORT_JOB_SECONDS = 0.1  # jobs shorter than this are made in batches, one commit per batch
+BATCH_SECONDS = 0.5  # a batch holds about this much work: what a crash or a failed job makes redone
+MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,21 @@ def _frozen(key: dict) -> tuple:
     return tuple(sorted((name, str(value)) for name, value in key.items()))
 
 
+@dataclass
+class BatchOutcome:
+    """What :meth:`JobQueue.run_batch` did: keys made and committed, keys whose rows existed, a failure.
+
+    ``failed`` holds at most one (key, error): the make that raised.  Its batch was rolled
+    back (the other keys are pending again, for the next batch) and the key alone is
+    reserved by this worker, for :meth:`JobQueue.fail`.
+    """
+
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    claimed: int = 0
+
+
 class JobQueue:
     """The job queue of one auto-populated table, as one worker sees it.
 
@@ -107,9 +129,13 @@ class JobQueue:
         self.connection = self.jobs.connection
         self.quote = self.connection.adapter.quote_identifier
         self.primary_key = list(self.jobs.primary_key)
+        self._columns = ", ".join(self.quote(name) for name in self.primary_key)
+        self._postgres = "postgres" in type(self.connection.adapter).__name__.lower()
         self.user = self.connection.get_user()
         self.recorder = retrying_declaration(lambda: Recorder(table, dict(
             worker_id=identity.worker_id, host=identity.host, pid=identity.pid))) if provenance else None
+        self.typical_seconds = None  # a running mean of how long one job takes here
+        self.batch_keys: list[dict] = []  # the keys of the latest batch (settled after a lost connection)
 
     @property
     def name(self) -> str:
@@ -134,40 +160,93 @@ class JobQueue:
         rerun = self.jobs.completed.restrict(source, semantic_check=False).restrict(Not(target), semantic_check=False)
         if rerun:  # rows deleted by hand since: compute them again
             self._set_pending(rerun.proj().to_dicts(), "re-queued: its rows were deleted")
-        new = (source - target).restrict(Not(self.jobs), semantic_check=False).proj().to_dicts()
-        if new:
-            priority = self.connection._config.jobs.default_priority
-            self.jobs.insert([{**key, "status": "pending", "priority": priority} for key in new],
-                             skip_duplicates=True, ignore_extra_fields=True)
-        return len(new)
+        new = (source - target).restrict(Not(self.jobs), semantic_check=False).proj()
+        return self._queue(new.make_sql())
+
+    def _queue(self, select: str) -> int:
+        """Insert the keys ``select`` returns as pending jobs, in one statement on the server.
+
+        (DataJoint's own insert would fetch every key to Python and send it back.)  Keys
+        another worker queued meanwhile are passed over.  A plain read first: when nothing is
+        new, as on most passes, nothing is written (no write lock on the job table).
+        """
+        if not self.connection.query(f"SELECT 1 FROM ({select}) AS new_keys LIMIT 1").fetchone():
+            return 0
+        q = self.quote
+        columns = ", ".join(q(name) for name in self.primary_key)
+        adapter = self.connection.adapter
+        conflict = adapter.skip_duplicates_clause(self.jobs.full_table_name, self.primary_key)
+        cursor = self.connection.query(
+            f"INSERT INTO {self.jobs.full_table_name} ({columns}, {q('status')}, {q('priority')}) "
+            f"SELECT {columns}, 'pending', %s FROM ({select}) AS new_keys{conflict}",
+            args=(self.connection._config.jobs.default_priority,))
+        return max(cursor.rowcount, 0)
 
     def claim(self, count: int = 1) -> list[dict]:
-        """Reserve up to ``count`` pending jobs for this worker, atomically.
+        """Reserve up to ``count`` pending jobs for this worker, atomically, visible as ``reserved``.
 
-        Several workers may race for the same keys; the conditional UPDATE gives each key
-        to exactly one of them.
+        Several workers may race for the same keys; each key goes to exactly one of them.  On
+        PostgreSQL one ``UPDATE ... RETURNING`` over the jobs a locking read picks (skipping
+        those another worker is taking), committed without waiting for the disk: a claim
+        lost with a crashed server is only a job pending again.  On MySQL a plain read of a
+        few candidates, then a conditional UPDATE.
         """
-        ready = self.jobs & "status='pending'" & f"{self.quote('scheduled_time')} <= CURRENT_TIMESTAMP(3)"
-        candidates = ready.proj().to_dicts(order_by=("priority", "scheduled_time"), limit=4 * count)
+        if self._postgres:
+            with HOLDINGS.lock:
+                claimed = self._reserve_next(count)
+                HOLDINGS.add(self.table.full_table_name, claimed)
+            return claimed
+        candidates = self.connection.query(self._next_pending_sql(4 * count), as_dict=True).fetchall()
         if not candidates:
             return []
-        candidates = random.sample(candidates, min(count, len(candidates)))
+        candidates = random.sample([dict(key) for key in candidates], min(count, len(candidates)))
         with HOLDINGS.lock:
             claimed = self._reserve(candidates)
             HOLDINGS.add(self.table.full_table_name, claimed)
         return claimed
+
+    def _next_pending_sql(self, count: int, lock: bool = False) -> str:
+        """Return the SELECT of the keys of the next ``count`` due pending jobs (locked, skipping locked ones)."""
+        q = self.quote
+        return (f"SELECT {self._columns} FROM {self.jobs.full_table_name} WHERE {q('status')}='pending' "
+                f"AND {q('scheduled_time')} <= CURRENT_TIMESTAMP(3) ORDER BY {q('priority')}, {q('scheduled_time')} "
+                f"LIMIT {int(count)}" + (" FOR UPDATE SKIP LOCKED" if lock else ""))
+
+    def _reserve_next(self, count: int) -> list[dict]:
+        """PostgreSQL: reserve the next ``count`` due pending jobs in one statement and one asynchronous commit."""
+        try:
+            cursor = self.connection.query(
+                f"BEGIN; SET LOCAL synchronous_commit TO OFF; "
+                f"UPDATE {self.jobs.full_table_name} SET {self._reservation} "
+                f"WHERE ({self._columns}) IN ({self._next_pending_sql(count, lock=True)}) RETURNING {self._columns}",
+                args=self._reservation_args, as_dict=True)
+            claimed = [dict(key) for key in cursor.fetchall()]
+            self.connection.query("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return claimed
+
+    @property
+    def _reservation(self) -> str:
+        """The SET clause that marks a job reserved by this worker (arguments: :attr:`_reservation_args`)."""
+        q = self.quote
+        return (f"{q('status')}='reserved', {q('host')}=%s, {q('pid')}=%s, {q('connection_id')}=%s, {q('user')}=%s, "
+                f"{q('version')}=%s, {q('reserved_time')}=CURRENT_TIMESTAMP(3)")
+
+    @property
+    def _reservation_args(self) -> tuple:
+        return (self.identity.host, self.identity.pid, self.connection.connection_id, self.user,
+                self.identity.version)
 
     def _reserve(self, candidates: list[dict]) -> list[dict]:
         """Reserve those of ``candidates`` that are still pending; return them."""
         condition = self._condition(candidates)
         q = self.quote
         cursor = self.connection.query(
-            f"UPDATE {self.jobs.full_table_name} SET {q('status')}='reserved', {q('host')}=%s, {q('pid')}=%s, "
-            f"{q('connection_id')}=%s, {q('user')}=%s, {q('version')}=%s, "
-            f"{q('reserved_time')}=CURRENT_TIMESTAMP(3) "
+            f"UPDATE {self.jobs.full_table_name} SET {self._reservation} "
             f"WHERE {q('status')}='pending' AND {q('scheduled_time')} <= CURRENT_TIMESTAMP(3) AND ({condition})",
-            args=(self.identity.host, self.identity.pid, self.connection.connection_id,
-                  self.user, self.identity.version),
+            args=self._reservation_args,
         )
         if cursor.rowcount == len(candidates):
             return candidates
@@ -252,6 +331,145 @@ class JobQueue:
 
     # --- running ------------------------------------------------------------------------
 
+    def suggested_batch(self) -> int:
+        """Return how many jobs to make per transaction, from how long jobs here took so far.
+
+        One at a time (each claim visible as ``reserved`` while it runs) until jobs are known
+        to be short; then batches of about :data:`BATCH_SECONDS` of work, where the commit
+        would otherwise cost more than the job.
+        """
+        if self.typical_seconds is None or self.typical_seconds >= SHORT_JOB_SECONDS:
+            return 1
+        return int(min(MAX_BATCH, max(2, BATCH_SECONDS / max(self.typical_seconds, 1e-4))))
+
+    def observe(self, seconds: float, jobs: int = 1) -> None:
+        """Fold ``jobs`` jobs that took ``seconds`` in all into :attr:`typical_seconds`."""
+        each = seconds / max(jobs, 1)
+        self.typical_seconds = each if self.typical_seconds is None else 0.7 * self.typical_seconds + 0.3 * each
+
+    def run_batch(self, count: int, keep_going=lambda: True) -> BatchOutcome:
+        """Claim up to ``count`` pending jobs and make them in one transaction, committed once.
+
+        The claim locks the jobs (``FOR UPDATE SKIP LOCKED``: other workers pass them by) and
+        marks them reserved inside the transaction, so a worker that dies mid-batch leaves them
+        pending, as if never claimed.  Every job reported done was committed, with its rows,
+        its record and its job row, by the batch's one durable ``COMMIT``.
+
+        Parameters
+        ----------
+        count : int
+            Most jobs to claim.
+        keep_going : callable
+            Asked before each job; once it returns False the rest are released.
+
+        Returns
+        -------
+        BatchOutcome
+
+        Notes
+        -----
+        A make that raises rolls back the whole batch: the failed key is then reserved alone
+        for :meth:`fail`, the others return to the queue and are made again by the next batch
+        (at most :data:`BATCH_SECONDS` of work redone).
+        """
+        outcome = BatchOutcome()
+        table, name = self.table(), self.table.full_table_name
+        self.batch_keys = []
+        try:
+            self._begin()
+            with HOLDINGS.lock:
+                self.batch_keys = self._lock_pending(count)
+                HOLDINGS.add(name, self.batch_keys)
+            outcome.claimed = len(self.batch_keys)
+            timings, records = self._make_batch(table, keep_going, outcome)
+            self._complete_batch(table, timings, made=len(outcome.done))
+            if records:
+                self.recorder.write_rows(records)
+            self.connection.commit_transaction()
+        except _MakeFailed as failed:
+            self._rollback()
+            if isinstance(failed.error, dj.errors.LostConnectionError) or not self.connection.adapter.ping(
+                    self.connection._conn):
+                raise failed.error from None  # not the job's failure: the worker settles the batch on reconnection
+            HOLDINGS.discard(name, [key for key in self.batch_keys if key is not failed.key])
+            return self._settle_failed(failed, BatchOutcome(claimed=outcome.claimed))
+        except BaseException:
+            self._rollback()
+            raise
+        HOLDINGS.discard(name, self.batch_keys)  # done, found done, or released by a stopping worker
+        return outcome
+
+    def _make_batch(self, table, keep_going, outcome: BatchOutcome) -> tuple[list, list]:
+        """Make the batch's jobs in turn (its rows exist: skipped); return their timings and provenance rows.
+
+        Timings are (key, start, duration), made jobs first; a make that raises is
+        :class:`_MakeFailed`.
+        """
+        existing = {_frozen(key) for key in self._keys_with_rows(self.batch_keys, self.connection)}
+        cache, records, made, skipped = {}, [], [], []
+        if self.recorder and self.batch_keys:
+            self.recorder.prefetch(self.batch_keys, cache)
+        for index, key in enumerate(self.batch_keys):
+            if not keep_going():
+                self._set_pending(self.batch_keys[index:], "released by a stopping worker", only_mine=True)
+                break
+            start = time.time()
+            if _frozen(key) in existing:
+                skipped.append((key, start, 0.0))
+                continue
+            meter = JobMeter() if self.recorder else None
+            try:
+                _call_make(table, key, None, self.identity.version)
+            except Exception as error:
+                raise _MakeFailed(key, error) from error
+            if self.recorder:
+                records.append(self.recorder.row(key, meter.finish(), cache))
+            made.append((key, start, time.time() - start))
+        outcome.done = [key for key, _, _ in made]
+        outcome.skipped = [key for key, _, _ in skipped]
+        return made + skipped, records
+
+    def _settle_failed(self, failed: "_MakeFailed", outcome: BatchOutcome) -> BatchOutcome:
+        """After a batch was rolled back for ``failed``: reserve its key alone and report it."""
+        key, error = failed.key, failed.error
+        name = self.table.full_table_name
+        with HOLDINGS.lock:
+            reserved = self._reserve([key])
+        if not reserved:  # another worker took it meanwhile
+            HOLDINGS.discard(name, [key])
+        elif isinstance(error, dj.errors.DuplicateError):  # its rows were made by another worker meanwhile
+            logger.warning("%s %s was made by another worker meanwhile; keeping theirs", self.name, key)
+            self._mark_done([key], self.connection, note="made by another worker meanwhile")
+            HOLDINGS.discard(name, [key])
+            outcome.skipped.append(key)
+        else:
+            outcome.failed.append((key, error))
+        return outcome
+
+    def _begin(self) -> None:
+        """Start a transaction in one round trip (DataJoint's own first pings the server).
+
+        On MySQL the batch reads committed data: its locking read then locks only the jobs
+        it takes, not the gaps between them (which would hold up other workers' queueing).
+        """
+        if not self._postgres:
+            self.connection.query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            self.connection.query("START TRANSACTION")
+        else:
+            self.connection.query("BEGIN")
+        self.connection._in_transaction = True
+
+    def _lock_pending(self, count: int) -> list[dict]:
+        """Within the transaction: lock up to ``count`` due pending jobs and reserve them for this worker."""
+        if self._postgres:
+            cursor = self.connection.query(
+                f"UPDATE {self.jobs.full_table_name} SET {self._reservation} WHERE ({self._columns}) IN "
+                f"({self._next_pending_sql(count, lock=True)}) RETURNING {self._columns}",
+                args=self._reservation_args, as_dict=True)
+            return [dict(key) for key in cursor.fetchall()]
+        keys = self.connection.query(self._next_pending_sql(count, lock=True), as_dict=True).fetchall()
+        return self._reserve([dict(key) for key in keys]) if keys else []
+
     def run(self, key: dict, make_kwargs: dict | None = None) -> str:
         """Call ``make(key)`` and mark the job done, in one transaction.
 
@@ -275,8 +493,8 @@ class JobQueue:
         table = self.table()
         start = time.time()
         try:
-            self.connection.start_transaction()
-            if table & key:
+            self._begin()
+            if self._keys_with_rows([key], self.connection):
                 outcome = "skipped"
             else:
                 meter = JobMeter()
@@ -284,13 +502,13 @@ class JobQueue:
                 if self.recorder:
                     self.recorder.write(key, meter.finish())
                 outcome = "done"
-            self._complete(table, key, start)
+            self._complete_batch(table, [(key, start, time.time() - start)], made=outcome == "done")
             self.connection.commit_transaction()
         except dj.errors.DuplicateError:
             self._rollback()
             logger.warning("%s %s was made by another worker meanwhile; keeping theirs", self.name, key)
-            self.connection.start_transaction()
-            self._complete(table, key, start)
+            self._begin()
+            self._complete_batch(table, [(key, start, time.time() - start)], made=0)
             self.connection.commit_transaction()
             return "skipped"
         except BaseException:
@@ -345,25 +563,55 @@ class JobQueue:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _complete(self, table, key: dict, start: float) -> None:
-        """Within the make's transaction: job metadata and the job's 'success'."""
-        duration = time.time() - start
-        if table._has_job_metadata_attrs():
-            table._update_job_metadata(key, start_time=datetime.datetime.fromtimestamp(start),
-                                       duration=duration, version=self.identity.version)
+    def _complete_batch(self, table, timings: list, made: int) -> None:
+        """Within the jobs' transaction: each job's metadata and 'success', in one statement per table.
+
+        ``timings`` holds (key, start, duration) per job; the first ``made`` were made here
+        (the rest were found made already: no metadata of theirs is written).
+        """
+        if not timings:
+            return
         q = self.quote
-        where = f"({self._condition([key])}) AND {self._owned_by()}"
+        keys = [key for key, _, _ in timings]
+        durations, duration_args = self._case(keys, [duration for _, _, duration in timings])
+        where, where_args = self._key_in(keys)
+        if made and table._has_job_metadata_attrs():
+            made_keys = keys[:made]
+            starts, start_args = self._case(made_keys, [datetime.datetime.fromtimestamp(start)
+                                                        for _, start, _ in timings[:made]])
+            made_durations, made_args = self._case(made_keys, [duration for _, _, duration in timings[:made]])
+            made_where, made_where_args = self._key_in(made_keys)
+            self.connection.query(
+                f"UPDATE {table.full_table_name} SET _job_start_time={starts}, _job_duration={made_durations}, "
+                f"_job_version=%s WHERE {made_where}",
+                args=(*start_args, *made_args, self.identity.version[:64], *made_where_args))
         owner = (self.identity.host, self.identity.pid)
         if self.connection._config.jobs.keep_completed:
             cursor = self.connection.query(
                 f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
-                f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('duration')}=%s, {q('error_message')}='' "
-                f"WHERE {where}", args=(duration, *owner))
+                f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('duration')}={durations}, {q('error_message')}='' "
+                f"WHERE {where} AND {self._owned_by()}", args=(*duration_args, *where_args, *owner))
         else:
-            cursor = self.connection.query(f"DELETE FROM {self.jobs.full_table_name} WHERE {where}", args=owner)
-        if cursor.rowcount == 0:
-            logger.warning("%s %s: this worker's reservation was taken back meanwhile; its rows stand",
-                           self.name, key)
+            cursor = self.connection.query(f"DELETE FROM {self.jobs.full_table_name} WHERE {where} AND "
+                                           f"{self._owned_by()}", args=(*where_args, *owner))
+        if cursor.rowcount != len(keys):
+            logger.warning("%s: %d of %d reservations were taken back meanwhile; their rows stand",
+                           self.name, len(keys) - cursor.rowcount, len(keys))
+
+    def _key_in(self, keys) -> tuple[str, list]:
+        """Return ``(key columns) IN ((...), ...)`` for ``keys`` and its query arguments."""
+        row = "(" + ", ".join(["%s"] * len(self.primary_key)) + ")"
+        args = [sql_value(key[name], self.connection) for key in keys for name in self.primary_key]
+        return f"({self._columns}) IN ({', '.join([row] * len(keys))})", args
+
+    def _case(self, keys, values) -> tuple[str, list]:
+        """Return a CASE expression that is ``values[i]`` on the row of ``keys[i]``, and its arguments."""
+        q = self.quote
+        match = " AND ".join(f"{q(name)}=%s" for name in self.primary_key)
+        args = []
+        for key, value in zip(keys, values):
+            args += [sql_value(key[name], self.connection) for name in self.primary_key] + [value]
+        return "CASE " + " ".join([f"WHEN {match} THEN %s"] * len(keys)) + " END", args
 
     def _mark_done(self, keys, connection, note: str) -> None:
         """Mark this worker's reservations of ``keys`` done (jobs whose rows exist already)."""
@@ -381,10 +629,9 @@ class JobQueue:
         """Return those of ``keys`` for which the table holds rows."""
         if not keys:
             return []
-        q = self.quote
-        columns = ", ".join(q(name) for name in self.primary_key)
-        found = connection.query(f"SELECT DISTINCT {columns} FROM {self.table.full_table_name} "
-                                 f"WHERE {self._condition(keys)}", as_dict=True).fetchall()
+        where, args = self._key_in(keys)
+        found = connection.query(f"SELECT DISTINCT {self._columns} FROM {self.table.full_table_name} WHERE {where}",
+                                 args=args, as_dict=True).fetchall()
         found = {_frozen(key) for key in found}
         return [key for key in keys if _frozen({name: key[name] for name in self.primary_key}) in found]
 
@@ -434,6 +681,14 @@ class JobQueue:
     def _owned_by(self) -> str:
         """Return the SQL condition on the job's owner; it takes (host, pid) as query arguments."""
         return f"{self.quote('host')}=%s AND {self.quote('pid')}=%s"
+
+
+class _MakeFailed(Exception):
+    """A make in a batch raised: the batch is rolled back, then this key is settled alone."""
+
+    def __init__(self, key: dict, error: BaseException):
+        super().__init__(str(error))
+        self.key, self.error = key, error
 
 
 def _call_make(table, key: dict, make_kwargs, version: str) -> None:

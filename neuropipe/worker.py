@@ -77,8 +77,11 @@ class WorkerOptions:
         Further attempts of a job after a transient failure.
     retry_backoff : float
         Seconds before the first retry of a transient failure; doubled for each further one.
-    batch : int
-        Jobs claimed per round trip (raise it for many short jobs).
+    batch : int or None
+        Jobs made per transaction.  None (the default) chooses from measured job durations:
+        one at a time, each visible as ``reserved`` while it runs, until jobs prove shorter
+        than 0.1 s, then batches of about 0.5 s of work committed once
+        (:meth:`~neuropipe.jobs.JobQueue.run_batch`).  1 always claims jobs one by one.
     restrictions : tuple
         Restrictions of every table's ``key_source``.
     reconnect_cap : float
@@ -97,7 +100,7 @@ class WorkerOptions:
     max_jobs: int | None = None
     max_retries: int = 3
     retry_backoff: float = 2.0
-    batch: int = 1
+    batch: int | None = None
     restrictions: tuple = ()
     reconnect_cap: float = 30.0
     wait_for_database: float = 300.0
@@ -199,7 +202,7 @@ class Worker:
         self._signals = 0
         self._heartbeat = None
         self._held: list = []  # (queue, key) claimed but not yet run
-        self._interrupted = None  # (queue, key) of a job the lost connection cut short
+        self._interrupted = []  # (queue, key) of the jobs the lost connection cut short
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -284,7 +287,13 @@ class Worker:
             queue.refresh(self.options.restrictions)
             while not self.stopping and not self._budget_spent():
                 self._settle_if_reconnected()
-                keys = queue.claim(self.options.batch)
+                batch = self._batch_size(queue)
+                if batch > 1:
+                    if not self._run_batch(queue, batch):
+                        break
+                    worked = True
+                    continue
+                keys = queue.claim(1)
                 self._held = [(queue, key) for key in keys]
                 if self._settle_if_reconnected():  # the claim reconnected: what it reserved was handed back
                     continue
@@ -310,17 +319,17 @@ class Worker:
             queue.forget([key])
         self._held = []
         committed = 0
-        if self._interrupted:
-            queue, key = self._interrupted
+        for queue, key in self._interrupted:
             if queue.outcome(key) == "committed":
                 committed += 1
                 self.tally[queue.name].made += 1
                 logger.info("%s %s was committed before the connection was lost", queue.name, key)
+            queue.forget([key])
         returned = 0
         for queue in self.queues:
             back, done = queue.hand_back_strays()
             returned, committed = returned + len(back), committed + len(done)
-        self._interrupted = None
+        self._interrupted = []
         outage = contact.restored()
         registry.update_connection(self.identity.worker_id, contact.connection.connection_id, contact.connection)
         logger.info("reconnected to the database after %.1f s; %d job(s) handed back, %d found committed",
@@ -344,7 +353,7 @@ class Worker:
         except Exception as error:
             if self._contact.lost() or not self._contact.alive():
                 # not the job's failure: settled on reconnection, not counted as an attempt
-                self._interrupted = (queue, key)
+                self._interrupted = [(queue, key)]
                 raise
             if queue.fail(key, error, max_retries=self.options.max_retries,
                           backoff=self.options.retry_backoff) == "error":
@@ -357,10 +366,56 @@ class Worker:
         finally:
             queue.forget([key])
             elapsed = time.perf_counter() - start
+            queue.observe(elapsed)
             tally.seconds += elapsed
             if elapsed > LONG_JOB_SECONDS:
                 return_free_memory()
             self._heartbeat.current = ("", None)
+
+    def _batch_size(self, queue: JobQueue) -> int:
+        """Return how many jobs of ``queue`` to make in the next transaction (within ``max_jobs``)."""
+        size = self.options.batch or queue.suggested_batch()
+        if self.options.max_jobs is not None:
+            size = min(size, self.options.max_jobs - sum(t.made + t.skipped + t.failed for t in self.tally.values()))
+        return max(size, 1)
+
+    def _run_batch(self, queue: JobQueue, count: int) -> bool:
+        """Make up to ``count`` jobs of ``queue`` in one transaction; return whether it claimed any."""
+        tally = self.tally[queue.name]
+        self._heartbeat.current = (queue.table.full_table_name, None)
+        start = time.perf_counter()
+        try:
+            outcome = queue.run_batch(count, keep_going=lambda: not self.stopping)
+        except StopNow:
+            queue.forget(queue.batch_keys)
+            raise
+        except Exception:
+            if self._contact.lost() or not self._contact.alive():
+                self._interrupted = [(queue, key) for key in queue.batch_keys]
+            else:
+                queue.forget(queue.batch_keys)
+            raise
+        finally:
+            self._heartbeat.current = ("", None)
+        elapsed = time.perf_counter() - start
+        tally.made += len(outcome.done)
+        tally.skipped += len(outcome.skipped)
+        tally.seconds += elapsed
+        for key, error in outcome.failed:
+            try:
+                if queue.fail(key, error, max_retries=self.options.max_retries,
+                              backoff=self.options.retry_backoff) == "error":
+                    tally.failed += 1
+                    tally.errors.append((key, str(error)))
+            finally:
+                queue.forget([key])
+        if outcome.done or outcome.skipped:
+            queue.observe(elapsed, len(outcome.done) + len(outcome.skipped))
+            logger.info("%s: %d done, %d skipped in one transaction, %.3f s", queue.name, len(outcome.done),
+                        len(outcome.skipped), elapsed)
+        if elapsed > LONG_JOB_SECONDS:
+            return_free_memory()
+        return outcome.claimed > 0
 
     def _release_held(self) -> None:
         for queue in {id(q): q for q, _ in self._held}.values():

@@ -137,6 +137,33 @@ def test_a_reservation_its_worker_lost_track_of_returns_within_a_heartbeat(toy, 
 
 
 @SERVERS
+def test_a_worker_killed_mid_batch_leaves_the_whole_batch_to_others(toy, settings, tmp_path):
+    jobs = toy.Gated().jobs
+    toy.Item.insert1({"item": 0})  # the first job runs alone: then the worker knows its jobs are short
+    first = worker_process(settings, tmp_path / "worker-killed.log", tables=("Gated",), TOY_STATE=tmp_path)
+    try:
+        wait_until(lambda: len(toy.Gated()) == 1, 60, f"the first job\n{logs(tmp_path)}")
+        (tmp_path / "10.gate").write_text("before-insert")
+        toy.Item.insert([{"item": item} for item in range(1, 21)])
+        wait_until(lambda: (tmp_path / "10.before-insert.arrived").exists(), 60, "the batch to reach item 10")
+        # in a batch, the claims and the rows made so far are inside its open transaction
+        assert set(jobs.to_arrays("status")) == {"success", "pending"} and len(toy.Gated()) == 1
+        first.kill()
+        first.wait()
+    finally:
+        first.kill()
+    (tmp_path / "10.open").write_text("")
+    other = worker_process(settings, tmp_path / "worker-other.log", "--max-idle", "1", tables=("Gated",),
+                           TOY_STATE=tmp_path)
+    assert other.wait(timeout=60) == 0, logs(tmp_path)
+    made = dict(zip(*toy.Gated.to_arrays("item", "made_by_pid")))
+    assert sorted(made) == list(range(21))
+    assert set(made[item] for item in range(1, 21)) == {other.pid}  # the killed batch left nothing behind
+    assert len(jobs.completed) == 21 and not jobs.reserved and not jobs.errors and not registry.Failure()
+    assert (tmp_path / "10.attempts").read_text().split() == [str(first.pid), str(other.pid)]
+
+
+@SERVERS
 def test_a_paused_worker_that_lost_its_job_creates_no_duplicate_or_error(toy, settings, tmp_path):
     toy.Item.insert1({"item": 5})
     jobs = toy.Gated().jobs

@@ -4,7 +4,7 @@ Each backend gets a server of the session's own (``private_server``; the shared 
 never touched), which the tests restart under two running ``neuropipe worker`` processes.
 The disruption lands deterministically in one phase of a job of the toy ``Gated`` table:
 
-- ``claim``: the test holds a lock on the job's row, so the workers' claim ``UPDATE`` waits;
+- ``claim``: the test holds a lock on the job table, so the workers' claims wait;
 - ``make``: ``make()`` waits at a gate before its insert;
 - ``after-make``: ``make()`` has inserted and waits at a gate before returning, so the
   completion has not run;
@@ -53,7 +53,7 @@ class Round:
     phase: str
     holder: dict | None = None  # its reservation just before the disruption
     sessions: list = field(default_factory=list)  # server sessions caught in the phase
-    lock: object = None  # the test's connection that holds the job row's lock
+    lock: object = None  # the test's connection that holds the job table's lock
     returned_s: float | None = None  # from the server's return to the reservation leaving the job
     done_s: float | None = None  # from the server's return to the job done
 
@@ -66,8 +66,10 @@ class Fleet:
         self.jobs_table = toy.Gated().jobs.full_table_name
         self.items: list[int] = []
         self.rounds: list[Round] = []
+        # One job per transaction: each claim shows in the job row, where the phases are staged.
+        # (Batches, whose claims stay inside their transaction, are tested in test_worker.py.)
         self.workers = [worker_process(settings, state / f"worker{index}.log", "--reconnect-cap", str(RECONNECT_CAP),
-                                       tables=("Gated",), heartbeat=HEARTBEAT, TOY_STATE=state)
+                                       "--batch", "1", tables=("Gated",), heartbeat=HEARTBEAT, TOY_STATE=state)
                         for index in range(WORKERS)]
         wait_until(lambda: len(registry.Worker & "status='running'") == WORKERS or self._exited(), 60,
                    "the workers to register")
@@ -94,20 +96,23 @@ class Fleet:
         return held
 
     def _stage_claim(self, item: int) -> Round:
-        """Queue ``item`` claimable in a second, lock its job row, and wait for a claim to block on it."""
+        """Queue ``item`` claimable in a second, lock the job table, and wait for a claim to block on it."""
         connection = self.toy.Item.connection
+        background = self.items[-BACKGROUND_ITEMS:]  # queued first: the table lock would hold up their queueing
+        wait_until(lambda: all((self.job(item) or {}).get("status") == "success" for item in background), 60,
+                   "the background jobs to be done")
         claimable = registry.server_now(connection) + datetime.timedelta(seconds=1)
         with connection.transaction:
             self.toy.Item.insert1({"item": item})
             self.toy.Gated().jobs.insert1(dict(item=item, status="pending", scheduled_time=claimable,
                                                priority=connection._config.jobs.default_priority))
         self.items.append(item)
-        lock = self.server.lock_row(self.jobs_table, "item = %s", (item,))
+        lock = self.server.lock_table(self.jobs_table)
         try:
-            sessions = wait_for(self.server.waiting_claims, 60, f"a claim of item {item} to wait for the row lock")
+            sessions = wait_for(self.server.waiting_claims, 60, f"a claim of item {item} to wait for the table lock")
         except TimeoutError:
             lock.rollback()  # else the schema's DROP at teardown waits for this transaction forever
-            raise AssertionError(f"no claim waited for item {item}'s row lock:\n{logs(self.state)}") from None
+            raise AssertionError(f"no claim waited for the table lock:\n{logs(self.state)}") from None
         return Round(item, "claim", sessions=sessions, lock=lock)
 
     # --- disruptions --------------------------------------------------------------------

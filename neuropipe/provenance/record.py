@@ -8,8 +8,8 @@ import json
 import resource
 import sys
 import time
-import uuid
 
+from neuropipe.database import sql_value
 from neuropipe.provenance.code import code_hash, versions
 from neuropipe.provenance.sidecar import Sidecar
 
@@ -68,25 +68,38 @@ class Recorder:
         self.fixed = dict(code_hash=code_hash(table_class), **versions(), **worker)
         self.parents = upstream(table)
         self.key_names = list(self.sidecar.primary_key)
-        self._statement = None
+        self._statements = {}  # rows per statement -> SQL
 
     def write(self, key: dict, measured: dict) -> None:
-        """Insert (or replace) ``key``'s provenance row; call inside the job's transaction.
+        """Insert (or replace) ``key``'s provenance row; call inside the job's transaction."""
+        self.write_rows([self.row(key, measured)])
 
-        One ``INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE`` in plain SQL (a record left by a
-        deleted row that is made again is replaced), plus one query per settings parent.
-        """
+    def prefetch(self, keys: list[dict], cache: dict) -> None:
+        """Read the settings rows of many jobs' keys into ``cache``, one query per settings parent."""
+        for parent in self.parents:
+            if parent.is_setting:
+                prefetch_settings(self.connection, parent, [parent.key_of(key) for key in keys], cache)
+
+    def row(self, key: dict, measured: dict, cache: dict | None = None) -> dict:
+        """Return ``key``'s provenance row: one query per settings parent not in ``cache`` (a batch's)."""
         row = {name: key[name] for name in self.key_names}
-        row.update(self.fixed, **measured, params_hash=settings_hash(self.connection, self.parents, key),
+        row.update(self.fixed, **measured, params_hash=settings_hash(self.connection, self.parents, key, cache),
                    inputs=json.dumps([dict(table=parent.name, key=parent.key_of(key)) for parent in self.parents]))
-        if self._statement is None:
+        return row
+
+    def write_rows(self, rows: list[dict]) -> None:
+        """Insert (or replace) provenance rows with one ``INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE``.
+
+        Plain SQL: a record left by a deleted row that is made again is replaced.
+        """
+        columns = list(rows[0])
+        if len(rows) not in self._statements:
             quote = self.connection.adapter.quote_identifier
-            self._columns = list(row)
-            self._statement = self.connection.adapter.upsert_on_duplicate_sql(
-                self.sidecar.full_table_name, [quote(name) for name in self._columns],
-                [quote(name) for name in self.key_names], 1)
-        binary_uuid = "mysql" in type(self.connection.adapter).__name__.lower()
-        self.connection.query(self._statement, args=tuple(_sql_value(row[name], binary_uuid) for name in self._columns))
+            self._statements[len(rows)] = self.connection.adapter.upsert_on_duplicate_sql(
+                self.sidecar.full_table_name, [quote(name) for name in columns],
+                [quote(name) for name in self.key_names], len(rows))
+        self.connection.query(self._statements[len(rows)],
+                              args=tuple(sql_value(row[name], self.connection) for row in rows for name in columns))
 
 
 class Parent:
@@ -136,14 +149,37 @@ def tier_of(full_name: str) -> str:
     return TIERS.get(name[:1], "manual")
 
 
-def settings_hash(connection, parents, key: dict) -> str:
-    """Return the md5 of the Manual and Lookup rows that ``key`` refers to (its settings)."""
+def settings_hash(connection, parents, key: dict, cache: dict | None = None) -> str:
+    """Return the md5 of the Manual and Lookup rows that ``key`` refers to (its settings).
+
+    ``cache`` (parent and its key -> row hash) spares reading a row twice within one
+    transaction, where many jobs share a parameter set.
+    """
     digest = hashlib.md5()
+    cache = {} if cache is None else cache
     for parent in parents:
         if parent.is_setting:
+            parent_key = parent.key_of(key)
+            which = (parent.name, tuple(parent_key.items()))
+            if which not in cache:
+                cache[which] = row_hash(fetch_setting(connection, parent, parent_key))
             digest.update(parent.name.encode())
-            digest.update(row_hash(fetch_setting(connection, parent, parent.key_of(key))).encode())
+            digest.update(cache[which].encode())
     return digest.hexdigest()
+
+
+def prefetch_settings(connection, parent: Parent, keys: list[dict], cache: dict) -> None:
+    """Put the row hashes of ``parent``'s rows of ``keys`` into ``cache``, read with one query."""
+    keys = list({tuple(key.items()): key for key in keys}.values())
+    names = list(keys[0])
+    quote = connection.adapter.quote_identifier
+    row = "(" + ", ".join(["%s"] * len(names)) + ")"
+    cursor = connection.query(
+        f"SELECT {', '.join(quote(name) for name in parent.columns())} FROM {parent.name} "
+        f"WHERE ({', '.join(quote(name) for name in names)}) IN ({', '.join([row] * len(keys))})",
+        args=tuple(sql_value(key[name], connection) for key in keys for name in names), as_dict=True)
+    for found in cursor.fetchall():
+        cache[(parent.name, tuple((name, _jsonable(found[name])) for name in names))] = row_hash(found)
 
 
 def fetch_setting(connection, parent: Parent, key: dict) -> dict | None:
@@ -175,12 +211,6 @@ def _normalised(value):
 
 def _jsonable(value):
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-
-
-def _sql_value(value, binary_uuid: bool):
-    if isinstance(value, uuid.UUID):  # MySQL keeps uuids as binary(16), PostgreSQL as uuid
-        return value.bytes if binary_uuid else str(value)
-    return value
 
 
 def _naive(moment: datetime.datetime) -> datetime.datetime:

@@ -99,15 +99,17 @@ class PrivateServer:
         finally:
             connection.close()
 
-    def lock_row(self, table: str, where: str, args=()):
-        """Open a transaction that locks the rows of ``table`` matching ``where``; return its connection.
+    def lock_table(self, table: str):
+        """Open a session that locks ``table`` against changes and locking reads (plain reads go on).
 
-        Roll it back (or let a restart end it) to release the lock.
+        Returns its connection: close it (or let a restart end it) to release the lock.
+        Claims read with ``FOR UPDATE SKIP LOCKED``, which passes locked rows by, so only a
+        lock on the whole table makes a claim wait.
         """
         connection = self.connect()
         self._begin(connection)
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT * FROM {table} WHERE {where} FOR UPDATE", args)
+            cursor.execute(self._lock_table_sql(table))
         return connection
 
     def reachable(self) -> bool:
@@ -137,7 +139,10 @@ class PrivateServer:
         raise NotImplementedError
 
     def waiting_claims(self) -> list[int]:
-        """Return the sessions whose claim ``UPDATE`` waits for a row lock."""
+        """Return the sessions whose claim (a locking read or the ``UPDATE``) waits for a lock."""
+        raise NotImplementedError
+
+    def _lock_table_sql(self, table: str) -> str:
         raise NotImplementedError
 
     def block_commits(self) -> None:
@@ -214,13 +219,13 @@ class PrivateMariaDB(PrivateServer):
         self.query(f"KILL CONNECTION {int(connection_id)}")
 
     def waiting_claims(self) -> list[int]:
-        # innodb_trx alone has been seen to miss a claim that waited its whole 50 s lock timeout;
-        # the process list shows the same wait as a claim UPDATE running for over half a second.
-        rows = self.query("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx "
-                          "WHERE trx_state='LOCK WAIT' AND trx_query LIKE 'UPDATE%%reserved%%' "
-                          "UNION SELECT id FROM information_schema.processlist WHERE command = 'Query' "
-                          "AND info LIKE 'UPDATE%%reserved%%' AND time_ms > 500")
+        rows = self.query("SELECT id FROM information_schema.processlist WHERE command = 'Query' "
+                          "AND state LIKE 'Waiting for table%%lock' "
+                          "AND (info LIKE '%%SKIP LOCKED%%' OR info LIKE 'UPDATE%%reserved%%')")
         return [row[0] for row in rows]
+
+    def _lock_table_sql(self, table: str) -> str:
+        return f"LOCK TABLES {table} READ"  # others' plain reads go on; writes and locking reads wait
 
     def block_commits(self) -> None:
         self.query("SET GLOBAL rpl_semi_sync_master_timeout = 600000")
@@ -285,8 +290,11 @@ class PrivatePostgres(PrivateServer):
 
     def waiting_claims(self) -> list[int]:
         rows = self.query("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                          "AND query LIKE 'UPDATE%%reserved%%'")
+                          "AND (query LIKE '%%SKIP LOCKED%%' OR query LIKE 'UPDATE%%reserved%%')")
         return [row[0] for row in rows]
+
+    def _lock_table_sql(self, table: str) -> str:
+        return f"LOCK TABLE {table} IN EXCLUSIVE MODE"  # others' plain reads go on; writes and locking reads wait
 
     def block_commits(self) -> None:
         self._set_standby(ABSENT_REPLICA)

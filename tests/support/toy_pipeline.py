@@ -5,11 +5,12 @@ user's module would, to the schema named by ``TOY_SCHEMA``.  Tests that run work
 their own process call :func:`declare` on a schema of their own instead.
 
 Behaviour is steered through the environment, which reaches worker processes too:
-``TOY_DELAY`` (seconds per job), ``TOY_STATE`` (a folder where :class:`Flaky` counts its
+``TOY_DELAY`` (seconds per job), ``TOY_ROUNDS`` (hash rounds of CPU work per :class:`Busy` job), ``TOY_STATE`` (a folder where :class:`Flaky` counts its
 attempts, and where :class:`Gated` finds its gates), ``TOY_FLAKY_FAILURES`` (how many times
 each Flaky job fails with a timeout).
 """
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -90,7 +91,23 @@ def declare(schema):
             self.insert1(dict(key, made_by_pid=os.getpid()))
             wait_at_gate(folder, key["item"], "after-insert")
 
-    return SimpleNamespace(Item=Item, Square=Square, GpuSquare=GpuSquare, Flaky=Flaky, Gated=Gated)
+    @schema
+    class Busy(dj.Computed):
+        """CPU-bound: ``TOY_ROUNDS`` rounds of sha256 per job, the same work whatever else runs."""
+
+        definition = """
+        -> Item
+        ---
+        digest : varchar(64)
+        """
+
+        def make(self, key):
+            digest = hashlib.sha256(str(key["item"]).encode()).digest()
+            for _ in range(int(os.environ.get("TOY_ROUNDS", "100000"))):
+                digest = hashlib.sha256(digest).digest()
+            self.insert1(dict(key, digest=digest.hex()))
+
+    return SimpleNamespace(Item=Item, Square=Square, GpuSquare=GpuSquare, Flaky=Flaky, Gated=Gated, Busy=Busy)
 
 
 def wait_at_gate(folder: Path, item: int, place: str, timeout: float = 300) -> None:

@@ -1,0 +1,87 @@
+"""How throughput scales with workers: CPU-bound jobs on 1 and 2 workers, trivial jobs on 1 and 16.
+
+Real ``neuropipe worker`` processes on the toy pipeline (``tests/support/toy_pipeline.py``), on
+one server (``--backend``):
+
+- ``Busy`` (a fixed amount of CPU work per job, ``--rounds`` sha256 rounds): jobs per second
+  with 1 worker and with 2 (this machine has 2 cores); the speed-up should be near 2;
+- ``Gated`` with no gates (a trivial job that notes each call of its ``make()``): jobs per
+  second with 1 worker and with 16, and whether any key was made twice.
+
+Throughput is jobs over the span from the first job's start to the last job's end, as the
+jobs' provenance records them, so the workers' start-up (imports, registration) is left out.
+
+    python bench/scaling.py [--backend postgresql|mysql] [--cpu-jobs 40] [--trivial-jobs 2000] [--many 16]
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from overhead import settings_for  # noqa: E402
+from worker_runs import toy_schema, worker_process  # noqa: E402
+
+from neuropipe import provenance  # noqa: E402
+
+
+def throughput(settings, table: str, jobs: int, workers: int, **environment) -> dict:
+    """Run ``workers`` worker processes on ``jobs`` jobs of ``table``; return jobs/s and calls of make() per key."""
+    settings = dataclasses.replace(settings, schema_prefix=f"scale_{secrets.token_hex(3)}_")
+    state = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
+    with toy_schema(settings) as toy:
+        toy.Item.insert([{"item": item} for item in range(jobs)])
+        fleet = [worker_process(settings, state / f"worker{index}.log", "--max-idle", "2", tables=(table,),
+                                TOY_STATE=state, **environment) for index in range(workers)]
+        if any(process.wait() != 0 for process in fleet):
+            raise SystemExit(f"a worker failed; see {state}")
+        target = getattr(toy, table)
+        assert len(target()) == jobs, f"{len(target())} of {jobs} jobs done; see {state}"
+        start, end = provenance.of(target).to_arrays("start_time", "end_time")
+        span = (end.max() - start.min()) / np.timedelta64(1, "s")
+    calls = [len(path.read_text().split()) for path in state.glob("*.attempts")]
+    return {"jobs_per_s": jobs / span, "most_calls_per_key": max(calls, default=1)}
+
+
+def main() -> None:
+    """Time each fleet; print a table and the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("postgresql", "mysql"), default="postgresql")
+    parser.add_argument("--cpu-jobs", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=200_000, help="sha256 rounds per CPU-bound job")
+    parser.add_argument("--trivial-jobs", type=int, default=2000)
+    parser.add_argument("--many", type=int, default=16, help="workers in the many-worker fleet")
+    args = parser.parse_args()
+    settings = settings_for(args.backend)
+    busy = {count: throughput(settings, "Busy", args.cpu_jobs, count, TOY_ROUNDS=args.rounds) for count in (1, 2)}
+    trivial = {count: throughput(settings, "Gated", args.trivial_jobs, count) for count in (1, args.many)}
+    speedup = busy[2]["jobs_per_s"] / busy[1]["jobs_per_s"]
+    many = trivial[args.many]["jobs_per_s"] / trivial[1]["jobs_per_s"]
+    print(f"\n{args.backend}:")
+    print(f"  CPU-bound, {args.cpu_jobs} jobs: 1 worker {busy[1]['jobs_per_s']:.2f} jobs/s, "
+          f"2 workers {busy[2]['jobs_per_s']:.2f} jobs/s: x{speedup:.2f}")
+    print(f"  trivial, {args.trivial_jobs} jobs: 1 worker {trivial[1]['jobs_per_s']:.0f} jobs/s, "
+          f"{args.many} workers {trivial[args.many]['jobs_per_s']:.0f} jobs/s: x{many:.2f}; "
+          f"most make() calls for one key: {trivial[args.many]['most_calls_per_key']}")
+    print(json.dumps({"backend": args.backend, "cpu_speedup_2_workers": round(speedup, 3),
+                      "cpu_jobs_per_s": {count: round(value["jobs_per_s"], 3) for count, value in busy.items()},
+                      "trivial_jobs_per_s": {count: round(value["jobs_per_s"], 1) for count, value in trivial.items()},
+                      "many_over_one": round(many, 3), "many_workers": args.many,
+                      "made_twice": trivial[args.many]["most_calls_per_key"] > 1}))
+
+
+if __name__ == "__main__":
+    main()
