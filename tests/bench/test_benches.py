@@ -1,0 +1,52 @@
+"""Each benchmark runs end to end at a tiny size and ends with its JSON line.
+
+The benchmarks are run by hand at full size (``bench/README.md``); here they only have to
+work: the servers are real, the sizes are not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / ".venv-peers" / "bin" / "python"
+BACKENDS = pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+
+
+def run_bench(script: str, *arguments: str, timeout: float = 600) -> dict:
+    """Run ``bench/<script>`` with ``arguments``; return its last line, parsed."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *arguments], cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@BACKENDS
+def test_overhead_bench(backend):
+    peers = () if PEERS.exists() else ("--no-peers",)
+    result = run_bench("overhead.py", "--jobs", "30", "--backend", backend, *peers)
+    for name in ("neuropipe", "neuropipe_batched", "datajoint", "datajoint_bare"):
+        assert result[f"{name}_ms_per_job"] > 0
+        assert result[f"{name}_round_trips_per_job"] > 0
+        assert result[f"{name}_durable_commits_per_job"] >= 0
+    assert result["backend"] == backend
+    if PEERS.exists():
+        assert result["snakemake_ms_per_job"] > 0 and result["prefect_ms_per_job"] > 0
+
+
+@BACKENDS
+def test_growth_bench(backend):
+    result = run_bench("growth.py", "--backend", backend, "--small", "200", "--large", "2000", "--queue", "500",
+                       "--claims", "10")
+    assert result["claim_growth"] > 0 and result["status_seconds"] > 0
+    assert result["refresh_keys_per_s"] > 0 and result["stock_refresh_keys_per_s"] > 0
+
+
+def test_scaling_bench():
+    result = run_bench("scaling.py", "--cpu-jobs", "4", "--rounds", "2000", "--trivial-jobs", "40", "--many", "3")
+    assert result["cpu_speedup_2_workers"] > 0 and result["many_over_one"] > 0
+    assert result["made_twice"] is False
