@@ -50,3 +50,9 @@ def test_scaling_bench():
     result = run_bench("scaling.py", "--cpu-jobs", "4", "--rounds", "2000", "--trivial-jobs", "40", "--many", "3")
     assert result["cpu_speedup_2_workers"] > 0 and result["many_over_one"] > 0
     assert result["made_twice"] is False
+
+
+def test_capacity_bench():
+    result = run_bench("capacity.py", "--clients", "1", "2", "--seconds", "1", "--jobs", "3000")
+    assert set(result["visible_jobs_per_s"]) == {"1", "2"}
+    assert all(rate > 0 for rate in [*result["visible_jobs_per_s"].values(), *result["batched_jobs_per_s"].values()])
