@@ -5,7 +5,8 @@ small file) on the same machine and database, by:
 
 - a neuropipe :class:`~neuropipe.worker.Worker` with default settings (durable; batches
   chosen from measured job durations), forced to one job per transaction (``batch=1``),
-  and forced to batches of 256 (``batch=256``);
+  forced to batches of 256 (``batch=256``), and with default settings but no provenance
+  records (what the records cost);
 - stock DataJoint 2: ``populate(reserve_jobs=True)`` (its distributed mode) and
   ``populate()`` without a job table (no coordination at all);
 - Snakemake (one rule, 1,000 outputs, local executor; ``shell:`` jobs, its cheapest: a
@@ -187,6 +188,7 @@ WAYS = {
     "neuropipe": ("neuropipe worker (default)", worker()),
     "neuropipe_batch1": ("neuropipe worker, batch=1 (one job per transaction)", worker(batch=1)),
     "neuropipe_batched": ("neuropipe worker, batch=256", worker(batch=256)),
+    "neuropipe_no_provenance": ("neuropipe worker (default), no provenance records", worker(provenance=False)),
     "datajoint": ("DataJoint populate(reserve_jobs=True)", lambda tables: tables.Square.populate(reserve_jobs=True)),
     "datajoint_bare": ("DataJoint populate() (no job table)", lambda tables: tables.Square.populate()),
 }

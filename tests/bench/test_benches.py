@@ -56,3 +56,8 @@ def test_capacity_bench():
     result = run_bench("capacity.py", "--clients", "1", "2", "--seconds", "1", "--jobs", "3000")
     assert set(result["visible_jobs_per_s"]) == {"1", "2"}
     assert all(rate > 0 for rate in [*result["visible_jobs_per_s"].values(), *result["batched_jobs_per_s"].values()])
+
+
+def test_kernels_bench():
+    result = run_bench("kernels.py", "--shape", "16", "96", "96", "--no-chain")
+    assert result["membrane_ratio"] > 0 and result["components_ratio"] > 0
