@@ -185,6 +185,28 @@ def growth(memory: dict) -> int:
     return max(peak - ready for ready, peak, _ in memory.values())
 
 
+def register_volume_and_model(settings: Settings, folder: Path, source: str, model) -> None:
+    """Bind the pipeline to ``settings`` and register a volume and a model to apply to it.
+
+    Dataset ``big`` reads ``source``; the training sample lies in ``folder``; ``model`` was
+    trained on it and is inserted as made (no training job).
+    """
+    import schemas
+    from neuropipe import registry
+
+    connection = connect(settings)
+    schemas.activate(settings.schema_prefix, connection)
+    registry.activate(settings.schema_prefix, connection)
+    volume, membrane = schemas.volume, schemas.membrane
+    volume.Dataset.insert([dict(dataset="big", source=source),
+                           dict(dataset="train", source=f"file://{folder}/train.npz#image")])
+    volume.Annotation.insert1(dict(dataset="train", kind="cells", purpose="train",
+                                   source=f"file://{folder}/train.npz#cells"))
+    training = membrane.TrainingParams.insert_params({"iterations": 100})
+    membrane.MembraneModel.insert1(dict(dataset="train", **training, model=model.to_bytes(), iterations=100,
+                                        train_seconds=0.0, final_loss=0.0, device="cpu"), allow_direct_insert=True)
+
+
 def interior_block(shape, block) -> dict:
     """Return the grid coordinates of a block with a full-size core and a full halo where the grid has one."""
     counts = [-(-s // b) for s, b in zip(shape, block)]
@@ -228,22 +250,12 @@ def main() -> None:
         settings = Settings(host=os.environ.get("DJ_HOST", "127.0.0.1"), port=int(os.environ.get("DJ_PORT", 5432)),
                             user=os.environ.get("DJ_USER", "root"), backend="postgresql", store=folder / "store",
                             schema_prefix=f"benchblk_{secrets.token_hex(3)}_")
-        connection = connect(settings)
-        schemas.activate(settings.schema_prefix, connection)
-        registry.activate(settings.schema_prefix, connection)
         volume, membrane, detection = schemas.volume, schemas.membrane, schemas.detection
         try:
-            volume.Dataset.insert([dict(dataset="big", source=f"file://{folder}/volume.zarr"),
-                                   dict(dataset="train", source=f"file://{folder}/train.npz#image")])
-            volume.Annotation.insert1(dict(dataset="train", kind="cells", purpose="train",
-                                           source=f"file://{folder}/train.npz#cells"))
+            register_volume_and_model(settings, folder, f"file://{folder}/volume.zarr", model)
             os.environ["NEUROPIPE_ZARR_ABOVE_MB"] = "16"
             volume.Blocking.insert1(dict(blocking_id="bench", size_z=block[0], size_y=block[1], size_x=block[2]))
             run_worker(pipeline_tables([volume]), max_idle=0, restrictions=({"blocking_id": "bench"},))
-            training = membrane.TrainingParams.insert_params({"iterations": 100})
-            membrane.MembraneModel.insert1(dict(dataset="train", **training, model=model.to_bytes(), iterations=100,
-                                                train_seconds=0.0, final_loss=0.0, device="cpu"),
-                                           allow_direct_insert=True)
             membrane.InferenceParams.insert_params({"tile": TILE, "overlap": 8, "precision": "float32"})
             for method in args.methods:
                 detection.DetectionParams.insert_params(METHODS[method])

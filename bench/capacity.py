@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from growth import insert_items, toy_tables  # noqa: E402
+from growth import fresh_toy, insert_items  # noqa: E402
 from overhead import settings_for  # noqa: E402
 
 BATCH = 16
@@ -72,9 +72,9 @@ def client(settings, schema_name: str, prefix: str, seconds: float, batch: bool,
 
 def rate(settings, clients: int, seconds: float, jobs: int, batch: bool) -> float:
     """Return jobs per second claimed and completed by ``clients`` processes together."""
-    tables, schema = toy_tables(settings)
-    prefix = schema.database.rsplit("toy", 1)[0]
-    try:
+    with fresh_toy(settings) as tables:
+        schema_name = tables.Item.database
+        prefix = schema_name[:-len("toy")]
         insert_items(tables, 0, jobs)
         from neuropipe.jobs import Identity, JobQueue
 
@@ -82,7 +82,7 @@ def rate(settings, clients: int, seconds: float, jobs: int, batch: bool) -> floa
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
         start_at = time.time() + 5 + 0.15 * clients  # every client connected and waiting
-        processes = [context.Process(target=client, args=(settings, schema.database, prefix, seconds, batch,
+        processes = [context.Process(target=client, args=(settings, schema_name, prefix, seconds, batch,
                                                            start_at, results)) for _ in range(clients)]
         for process in processes:
             process.start()
@@ -90,11 +90,6 @@ def rate(settings, clients: int, seconds: float, jobs: int, batch: bool) -> floa
         for process in processes:
             process.join()
         return total / seconds
-    finally:
-        schema.drop(prompt=False)
-        from neuropipe import registry
-
-        registry.drop()
 
 
 def main() -> None:

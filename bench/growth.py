@@ -21,6 +21,8 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import secrets
 import statistics
@@ -32,24 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import toy_pipeline  # noqa: E402
 from overhead import settings_for  # noqa: E402
+from worker_runs import toy_schema  # noqa: E402
 
-from neuropipe import registry, status  # noqa: E402
-from neuropipe.database import connect, import_datajoint  # noqa: E402
+from neuropipe import status  # noqa: E402
 from neuropipe.jobs import Identity, JobQueue  # noqa: E402
 
 BATCH = 16
 
 
-def toy_tables(settings):
-    """Declare the toy tables in a fresh schema; return (tables, schema)."""
-    dj = import_datajoint()
-    prefix = f"growth_{secrets.token_hex(3)}_"
-    connection = connect(settings)
-    registry.activate(prefix, connection)
-    schema = dj.Schema(prefix + "toy", connection=connection)
-    return toy_pipeline.declare(schema), schema
+@contextlib.contextmanager
+def fresh_toy(settings):
+    """Yield the toy tables, with the worker registry, in a schema of their own; drop both after."""
+    with toy_schema(dataclasses.replace(settings, schema_prefix=f"growth_{secrets.token_hex(3)}_")) as tables:
+        yield tables
 
 
 def insert_items(tables, start: int, count: int) -> None:
@@ -85,8 +83,7 @@ def claim_latency(queue: JobQueue, claims: int) -> dict:
 
 def one_size(settings, rows: int, claims: int) -> dict:
     """Build a queue of ``rows`` jobs, half done; return claim latencies and the status time."""
-    tables, schema = toy_tables(settings)
-    try:
+    with fresh_toy(settings) as tables:
         insert_items(tables, 0, rows)
         queue = queue_for(tables)
         queue.refresh()
@@ -100,15 +97,11 @@ def one_size(settings, rows: int, claims: int) -> dict:
         status.live_workers()
         figures["status_s"] = time.perf_counter() - start
         return figures
-    finally:
-        schema.drop(prompt=False)
-        registry.drop()
 
 
 def queueing_rate(settings, keys: int, stock: bool) -> float:
     """Return keys per second queued by neuropipe's refresh (or stock DataJoint's) of ``keys`` new keys."""
-    tables, schema = toy_tables(settings)
-    try:
+    with fresh_toy(settings) as tables:
         insert_items(tables, 0, keys)
         start = time.perf_counter()
         if stock:
@@ -118,9 +111,6 @@ def queueing_rate(settings, keys: int, stock: bool) -> float:
         seconds = time.perf_counter() - start
         assert len(tables.Square().jobs) == keys, "not every key was queued"
         return keys / seconds
-    finally:
-        schema.drop(prompt=False)
-        registry.drop()
 
 
 def main() -> None:

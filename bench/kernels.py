@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_blockwise import register_volume_and_model  # noqa: E402
 from bench_demo import run_by_hand  # noqa: E402
 from overhead import settings_for  # noqa: E402
 
@@ -64,20 +65,10 @@ def kernels_through_tables(settings, shape) -> dict:
     np.savez(folder / "train.npz", image=train.image, cells=train.cells)
     model = ops.train_membrane(train.image, train.cells == 0, iterations=100, width=8, depth=2, crop=64,
                                precision="float32", progress=False, seed=0)
-    connection = connect(settings)
-    schemas.activate(settings.schema_prefix, connection)
-    registry.activate(settings.schema_prefix, connection)
     volume, membrane, detection = schemas.volume, schemas.membrane, schemas.detection
     try:
-        volume.Dataset.insert([dict(dataset="big", source=f"file://{folder}/volume.npz#image"),
-                               dict(dataset="train", source=f"file://{folder}/train.npz#image")])
-        volume.Annotation.insert1(dict(dataset="train", kind="cells", purpose="train",
-                                       source=f"file://{folder}/train.npz#cells"))
+        register_volume_and_model(settings, folder, f"file://{folder}/volume.npz#image", model)
         run_worker(pipeline_tables([volume]), max_idle=0)
-        training = membrane.TrainingParams.insert_params({"iterations": 100})
-        membrane.MembraneModel.insert1(dict(dataset="train", **training, model=model.to_bytes(), iterations=100,
-                                            train_seconds=0.0, final_loss=0.0, device="cpu"),
-                                       allow_direct_insert=True)
         membrane.InferenceParams.insert_params(INFERENCE)
         components = detection.DetectionParams.insert_params(COMPONENTS)
         steps = [membrane.MembraneBlock, membrane.MembraneMap, detection.DetectionBlock, detection.CellDetection]
