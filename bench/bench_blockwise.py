@@ -185,14 +185,16 @@ def growth(memory: dict) -> int:
     return max(peak - ready for ready, peak, _ in memory.values())
 
 
-def register_volume_and_model(settings: Settings, folder: Path, source: str, model) -> None:
-    """Bind the pipeline to ``settings`` and register a volume and a model to apply to it.
+def register_volume_and_model(settings: Settings, folder: Path, source: str, model, block=None) -> None:
+    """Bind the pipeline to ``settings``, import a volume and register a model to apply to it.
 
     Dataset ``big`` reads ``source``; the training sample lies in ``folder``; ``model`` was
-    trained on it and is inserted as made (no training job).
+    trained on it and is inserted as made (no training job).  ``block`` (ZYX): cut the volume
+    into blocks of that shape (blocking ``bench``) instead of the default.
     """
     import schemas
     from neuropipe import registry
+    from neuropipe.worker import pipeline_tables, run_worker
 
     connection = connect(settings)
     schemas.activate(settings.schema_prefix, connection)
@@ -202,6 +204,10 @@ def register_volume_and_model(settings: Settings, folder: Path, source: str, mod
                            dict(dataset="train", source=f"file://{folder}/train.npz#image")])
     volume.Annotation.insert1(dict(dataset="train", kind="cells", purpose="train",
                                    source=f"file://{folder}/train.npz#cells"))
+    if block is not None:
+        volume.Blocking.insert1(dict(blocking_id="bench", size_z=block[0], size_y=block[1], size_x=block[2]))
+    run_worker(pipeline_tables([volume]), max_idle=0,
+               restrictions=({"blocking_id": "bench"},) if block is not None else ())
     training = membrane.TrainingParams.insert_params({"iterations": 100})
     membrane.MembraneModel.insert1(dict(dataset="train", **training, model=model.to_bytes(), iterations=100,
                                         train_seconds=0.0, final_loss=0.0, device="cpu"), allow_direct_insert=True)
@@ -235,7 +241,6 @@ def main() -> None:
     args = parser.parse_args()
     import schemas
     from neuropipe import registry
-    from neuropipe.worker import pipeline_tables, run_worker
 
     folder = Path(tempfile.mkdtemp(prefix="bench-blockwise-"))
     shape, block = tuple(args.shape), tuple(args.block)
@@ -252,10 +257,8 @@ def main() -> None:
                             schema_prefix=f"benchblk_{secrets.token_hex(3)}_")
         volume, membrane, detection = schemas.volume, schemas.membrane, schemas.detection
         try:
-            register_volume_and_model(settings, folder, f"file://{folder}/volume.zarr", model)
             os.environ["NEUROPIPE_ZARR_ABOVE_MB"] = "16"
-            volume.Blocking.insert1(dict(blocking_id="bench", size_z=block[0], size_y=block[1], size_x=block[2]))
-            run_worker(pipeline_tables([volume]), max_idle=0, restrictions=({"blocking_id": "bench"},))
+            register_volume_and_model(settings, folder, f"file://{folder}/volume.zarr", model, block)
             membrane.InferenceParams.insert_params({"tile": TILE, "overlap": 8, "precision": "float32"})
             for method in args.methods:
                 detection.DetectionParams.insert_params(METHODS[method])

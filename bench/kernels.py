@@ -43,7 +43,7 @@ from overhead import settings_for  # noqa: E402
 from neuropipe import demo, ops, provenance, registry  # noqa: E402
 from neuropipe.database import connect  # noqa: E402
 from neuropipe.io.stored import open_stored  # noqa: E402
-from neuropipe.worker import pipeline_tables, run_worker  # noqa: E402
+from neuropipe.worker import run_worker  # noqa: E402
 
 INFERENCE = {"tile": 64, "overlap": 8, "precision": "float32"}
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_cells": 1_000_000}
@@ -68,7 +68,6 @@ def kernels_through_tables(settings, shape) -> dict:
     volume, membrane, detection = schemas.volume, schemas.membrane, schemas.detection
     try:
         register_volume_and_model(settings, folder, f"file://{folder}/volume.npz#image", model)
-        run_worker(pipeline_tables([volume]), max_idle=0)
         membrane.InferenceParams.insert_params(INFERENCE)
         components = detection.DetectionParams.insert_params(COMPONENTS)
         steps = [membrane.MembraneBlock, membrane.MembraneMap, detection.DetectionBlock, detection.CellDetection]

@@ -61,3 +61,10 @@ def test_capacity_bench():
 def test_kernels_bench():
     result = run_bench("kernels.py", "--shape", "16", "96", "96", "--no-chain")
     assert result["membrane_ratio"] > 0 and result["components_ratio"] > 0
+
+
+def test_blockwise_bench():
+    result = run_bench("bench_blockwise.py", "--shape", "16", "256", "256", "--block", "16", "128", "128",
+                       "--methods", "components", "--workers", "1")
+    assert result["blockwise_equals_whole"] is True
+    assert result["peak_rss_over_working_set"] > 0 and result["volume_over_working_set"] > 0
