@@ -229,10 +229,11 @@ def _reset_peak_rss() -> bool:
 def peak_rss_bytes() -> int:
     """Return this process's peak resident memory since the last reset (``VmHWM``), else its lifetime peak."""
     try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+        with open("/proc/self/status", "rb") as status:
+            text = status.read()
+        at = text.find(b"VmHWM:")
+        if at >= 0:
+            return int(text[at + 6:text.index(b"kB", at)]) * 1024
     except OSError:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
