@@ -38,8 +38,11 @@ from overhead import settings_for  # noqa: E402
 BATCH = 16
 
 
-def client(settings, schema_name: str, prefix: str, seconds: float, batch: bool, start_at: float, results) -> None:
-    """Claim and complete jobs until ``seconds`` after ``start_at``; put the count into ``results``."""
+def client(settings, schema_name: str, prefix: str, seconds: float, batch: bool, ready, results) -> None:
+    """Once every client is connected (``ready``, a barrier), claim and complete jobs for ``seconds``.
+
+    Puts the number of jobs into ``results``.
+    """
     import toy_pipeline
 
     from neuropipe import registry
@@ -53,9 +56,8 @@ def client(settings, schema_name: str, prefix: str, seconds: float, batch: bool,
     queue = JobQueue(tables.Square, Identity(secrets.token_hex(8), "capacity", os.getpid(), "bench"),
                      provenance=False)
     table = tables.Square()
-    while time.time() < start_at:
-        time.sleep(0.001)
-    done, deadline = 0, start_at + seconds
+    ready.wait()
+    done, deadline = 0, time.time() + seconds
     while time.time() < deadline:
         if batch:
             queue._begin()
@@ -81,12 +83,12 @@ def rate(settings, clients: int, seconds: float, jobs: int, batch: bool) -> floa
         JobQueue(tables.Square, Identity("filler", "capacity", 0, "bench"), provenance=False).refresh()
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
-        start_at = time.time() + 5 + 0.15 * clients  # every client connected and waiting
+        ready = context.Barrier(clients)
         processes = [context.Process(target=client, args=(settings, schema_name, prefix, seconds, batch,
-                                                           start_at, results)) for _ in range(clients)]
+                                                           ready, results)) for _ in range(clients)]
         for process in processes:
             process.start()
-        total = sum(results.get(timeout=120 + seconds) for _ in processes)
+        total = sum(results.get(timeout=300 + seconds) for _ in processes)
         for process in processes:
             process.join()
         return total / seconds

@@ -6,7 +6,9 @@ On the local PostgreSQL server (or ``DJ_HOST``/``DJ_PORT``), one synthetic EM-li
 - U-Net inference: the seconds ``MembraneBlock`` and ``MembraneMap`` spent (their provenance
   records) against ``ops.predict_membrane`` on the same image with the same model;
 - connected components: ``DetectionBlock`` and ``CellDetection`` (method ``components``)
-  against ``cc3d.connected_components`` on the same thresholded map;
+  against ``cc3d.connected_components`` on the same thresholded map, and against
+  ``ops.detect_cells`` by hand (which, like the tables, also drops dust and measures each
+  cell's centroid and score);
 - the whole chain: the demo (``neuropipe.demo.run_demo`` on the sample, a worker loop through
   every table) against the same kernels called by hand (``bench/bench_demo.py``'s peer).
 
@@ -84,6 +86,10 @@ def kernels_through_tables(settings, shape) -> dict:
         start = time.perf_counter()
         cc3d.connected_components((1.0 - probability) > COMPONENTS["threshold"], connectivity=26)
         raw["components"] = time.perf_counter() - start
+        start = time.perf_counter()  # what the tables compute: labels, dust, centroids, scores
+        ops.detect_cells(1.0 - probability.astype(np.float64), **COMPONENTS)
+        raw["detect_cells"] = time.perf_counter() - start
+        tables["detect_cells"] = tables["components"]
         return {name: {"table_s": tables[name], "raw_s": raw[name], "ratio": raw[name] / tables[name]}
                 for name in tables}
     finally:

@@ -11,7 +11,7 @@ one server (``--backend``):
 Throughput is jobs over the span from the first job's start to the last job's end, as the
 jobs' provenance records them, so the workers' start-up (imports, registration) is left out.
 
-    python bench/scaling.py [--backend postgresql|mysql] [--cpu-jobs 40] [--trivial-jobs 2000] [--many 16]
+    python bench/scaling.py [--backend postgresql|mysql] [--cpu-jobs 60] [--trivial-jobs 20000] [--many 16]
 
 The last line is one JSON object.
 """
@@ -60,9 +60,11 @@ def main() -> None:
     """Time each fleet; print a table and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("postgresql", "mysql"), default="postgresql")
-    parser.add_argument("--cpu-jobs", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=200_000, help="sha256 rounds per CPU-bound job")
-    parser.add_argument("--trivial-jobs", type=int, default=2000)
+    parser.add_argument("--cpu-jobs", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=600_000,
+                        help="sha256 rounds per CPU-bound job (default: about 0.25 s, one job per claim)")
+    parser.add_argument("--trivial-jobs", type=int, default=20_000,
+                        help="enough that 16 workers' batches reach a steady state")
     parser.add_argument("--many", type=int, default=16, help="workers in the many-worker fleet")
     args = parser.parse_args()
     settings = settings_for(args.backend)
