@@ -382,7 +382,7 @@ class Worker:
     def _run_batch(self, queue: JobQueue, count: int) -> bool:
         """Make up to ``count`` jobs of ``queue`` in one transaction; return whether it claimed any."""
         tally = self.tally[queue.name]
-        self._heartbeat.current = (queue.table.full_table_name, None)
+        self._heartbeat.current = (queue.table.full_table_name, {"batch of up to": count})
         start = time.perf_counter()
         try:
             outcome = queue.run_batch(count, keep_going=lambda: not self.stopping)
