@@ -58,7 +58,9 @@ def test_every_computed_row_records_its_provenance(pipeline, settings, tmp_path)
         assert len(records) == len(computed()), computed.__name__
         assert set(records.to_arrays("code_hash")) == {provenance.code_hash(computed)}, computed.__name__
     trained = (membrane.MembraneModel * provenance.of(membrane.MembraneModel)).fetch1()
-    assert trained["cpu_seconds"] > 1 and trained["peak_rss_mb"] > 100 and trained["duration"] > 1
+    assert trained["peak_rss_mb"] > 100  # torch alone holds more
+    assert trained["duration"] >= trained["train_seconds"] > 0  # the make spans its own training
+    assert trained["cpu_seconds"] >= 0.5 * trained["train_seconds"]  # training is CPU-bound here
     assert {entry["table"].split(".")[-1].strip('`"') for entry in trained["inputs"]} >= {"#training_params"}
 
 
