@@ -265,12 +265,12 @@ def _backend(table):
 def _open_or_create(backend, path: str, shape, dtype, chunks):
     import zarr
 
-    from neuropipe.io.stored import _zarr_store
+    from neuropipe.io.stored import _zarr_store, codec_options, write_options
 
     chunks = tuple(min(int(size), int(chunk)) for size, chunk in zip(shape, chunks))
     fsmap = backend.get_fsmap(path)
     try:
-        return zarr.open_array(store=_zarr_store(fsmap), mode="r+")
+        return zarr.open_array(store=_zarr_store(fsmap), mode="r+", **write_options())
     except Exception:  # absent: create it (one worker wins the rename, the others open its array)
         pass
     full = backend._full_path(path)
@@ -278,15 +278,15 @@ def _open_or_create(backend, path: str, shape, dtype, chunks):
         staging = f"{full}.{uuid.uuid4().hex}.tmp"
         os.makedirs(os.path.dirname(full), exist_ok=True)
         zarr.open_array(store=_zarr_store(backend.fs.get_mapper(staging)), mode="w", shape=tuple(shape),
-                        chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
+                        chunks=chunks, dtype=np.dtype(dtype), fill_value=0, **codec_options(dtype))
         try:
             os.rename(staging, full)
         except OSError:  # another worker created it first
             backend.fs.rm(staging, recursive=True)
     else:  # object stores: writing the metadata is one atomic put, identical from every worker
         zarr.open_array(store=fsmap, mode="a", shape=tuple(shape), chunks=chunks, dtype=np.dtype(dtype),
-                        fill_value=0)
-    return zarr.open_array(store=_zarr_store(backend.get_fsmap(path)), mode="r+")
+                        fill_value=0, **codec_options(dtype))
+    return zarr.open_array(store=_zarr_store(backend.get_fsmap(path)), mode="r+", **write_options())
 
 
 def _protocols(fs) -> tuple:

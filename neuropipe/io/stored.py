@@ -35,6 +35,42 @@ class Statistics:
     slice_std: np.ndarray
 
 
+def codec_options(dtype) -> dict:
+    """Return the ``zarr.open_array`` keywords of the compressor neuropipe writes ``dtype`` with.
+
+    Blosc with LZ4: labels bit-shuffled, everything else byte-shuffled. On a block of 8 M
+    detection fragments (uint64) zarr's default (Zstandard) wrote 2.3 MB in 0.27-0.47 s, this
+    4.4 MB in 0.06 s; a float32 probability map 30 MB either way, 0.05 s against 0.04 s.
+    Reads are as fast or faster. Compression runs inside a worker's job, so its speed is
+    the job's.
+    """
+    import zarr
+
+    shuffle = "bitshuffle" if np.issubdtype(np.dtype(dtype), np.integer) else "shuffle"
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        from zarr.codecs import BloscCodec, BytesCodec
+
+        return {"codecs": [BytesCodec(), BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]}
+    from numcodecs import Blosc  # zarr 2 (Python 3.10)
+
+    return {"compressor": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE if shuffle == "bitshuffle"
+                                else Blosc.SHUFFLE)}
+
+
+def write_options() -> dict:
+    """Return the ``zarr.open_array`` keywords of an array opened to be written.
+
+    Every chunk is written as it comes: zarr otherwise first compares each chunk with the
+    fill value to skip empty ones, a pass over the chunk that cost 0.1 s per 64 MB block of
+    labels, to save a few bytes a compressed empty chunk takes.
+    """
+    import zarr
+
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        return {"config": {"write_empty_chunks": True}}
+    return {"write_empty_chunks": True}
+
+
 def create_zarr(fsmap, shape, dtype, chunks=None):
     """Create an empty zarr array where an fsspec mapping points (e.g. a staged ``<object>`` field).
 
@@ -45,7 +81,7 @@ def create_zarr(fsmap, shape, dtype, chunks=None):
 
     chunks = tuple(min(size, chunk) for size, chunk in zip(shape, chunks or ZARR_CHUNKS))
     return zarr.open_array(store=_zarr_store(fsmap), mode="w", shape=tuple(shape), chunks=chunks,
-                           dtype=np.dtype(dtype))
+                           dtype=np.dtype(dtype), **codec_options(dtype), **write_options())
 
 
 def open_stored(value):

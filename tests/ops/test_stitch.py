@@ -66,3 +66,25 @@ def test_block_fragments_leave_out_small_pieces_that_touch_no_face():
     assert len(every["ids"]) == 3
     assert sorted(kept["voxel_counts"].tolist()) == [1, 8]
     assert set(kept["ids"]) <= set(np.unique(ids[ids > 0]))
+
+
+@pytest.mark.parametrize("connectivity, voxel_size", [(26, None), (6, None), (26, (50, 4, 4))])
+def test_block_fragments_describe_their_pieces_as_sorting_every_plane_does(connectivity, voxel_size):
+    rng = np.random.default_rng(7)
+    mask = rng.random((9, 30, 35)) > 0.8
+    values = rng.random(mask.shape)
+    origin, volume_shape = (18, 30, 70), (40, 90, 105)
+    ids, described = stitch.block_fragments(mask, 5, connectivity=connectivity, voxel_size=voxel_size,
+                                            origin=origin, volume_shape=volume_shape, values=lambda z: values[z])
+    reference = stitch.pieces(ids, values, origin=origin, volume_shape=volume_shape)
+    assert len(reference["ids"]) > 20
+    for name in ("ids", "first_voxels", "voxel_counts"):
+        np.testing.assert_array_equal(described[name], reference[name], err_msg=name)
+    for name in ("coordinate_sums", "value_sums"):
+        np.testing.assert_allclose(described[name], reference[name], rtol=1e-12, err_msg=name)
+
+
+def test_first_voxels_are_found_where_labels_do_not_start_in_raster_order():
+    labels = np.array([[[0, 2, 1], [1, 0, 2]]], np.uint32)  # 2 appears before 1 in the plane
+    first = stitch._first_voxels(labels, np.array([0, 0]), (0, 0, 0), labels.shape)
+    assert first.tolist() == [2, 1]
