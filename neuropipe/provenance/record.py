@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
@@ -218,9 +219,11 @@ def _naive(moment: datetime.datetime) -> datetime.datetime:
 
 
 def _reset_peak_rss() -> bool:
+    fd = _proc_file("clear_refs", os.O_WRONLY)
+    if fd is None:
+        return False
     try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
+        os.write(fd, b"5")
         return True
     except OSError:
         return False
@@ -228,16 +231,35 @@ def _reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     """Return this process's peak resident memory since the last reset (``VmHWM``), else its lifetime peak."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            text = status.read()
-        at = text.find(b"VmHWM:")
-        if at >= 0:
-            return int(text[at + 6:text.index(b"kB", at)]) * 1024
-    except OSError:
-        pass
+    fd = _proc_file("status", os.O_RDONLY)
+    if fd is not None:
+        try:
+            text = os.pread(fd, 8192, 0)
+            at = text.find(b"VmHWM:")
+            if at >= 0:
+                return int(text[at + 6:text.index(b"kB", at)]) * 1024
+        except OSError:
+            pass
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+_PROC_FILES: dict = {}  # (pid, name) -> descriptor, or None where the file cannot be opened
+
+
+def _proc_file(name: str, flags: int) -> int | None:
+    """Return a descriptor of ``/proc/self/<name>``, opened once per process (a forked child opens its own).
+
+    Measuring every job of a batch of short ones opened and closed both files each time, a
+    tenth of the job's bookkeeping.
+    """
+    which = (os.getpid(), name)
+    if which not in _PROC_FILES:
+        try:
+            _PROC_FILES[which] = os.open(f"/proc/{which[0]}/{name}", flags)
+        except OSError:
+            _PROC_FILES[which] = None
+    return _PROC_FILES[which]
 
 
 def _cuda_in_use() -> bool:

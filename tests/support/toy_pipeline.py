@@ -40,7 +40,9 @@ def declare(schema):
         """
 
         def make(self, key):
-            time.sleep(float(os.environ.get("TOY_DELAY", "0")))
+            delay = float(os.environ.get("TOY_DELAY", "0"))
+            if delay:  # time.sleep(0) is a system call: 0.09 ms here, more than the rest of the job
+                time.sleep(delay)
             if key["item"] == UNLUCKY:
                 raise ValueError(f"item {UNLUCKY} is unlucky")
             self.insert1(dict(key, square=key["item"] ** 2, made_by_pid=os.getpid()))
