@@ -45,7 +45,7 @@ from overhead import settings_for  # noqa: E402
 from neuropipe import demo, ops, provenance, registry  # noqa: E402
 from neuropipe.database import connect  # noqa: E402
 from neuropipe.io.stored import open_stored  # noqa: E402
-from neuropipe.worker import run_worker  # noqa: E402
+from neuropipe.worker import pipeline_tables, run_worker  # noqa: E402
 
 INFERENCE = {"tile": 64, "overlap": 8, "precision": "float32"}
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_cells": 1_000_000}
@@ -56,8 +56,12 @@ def seconds_in(table, key: dict) -> float:
     return float(np.sum((provenance.of(table) & key).to_arrays("duration")))
 
 
-def kernels_through_tables(settings, shape) -> dict:
-    """Populate maps and components of one volume; time the same kernels by hand on the same data."""
+def kernels_through_tables(settings, shape, repeats: int = 3) -> dict:
+    """Populate maps and components of one volume; time the same kernels by hand on the same data.
+
+    Each side's seconds are the fewest of ``repeats`` runs (the tables make the same volume,
+    imported ``repeats`` times as datasets of their own).
+    """
     import schemas
 
     folder = Path(tempfile.mkdtemp(prefix="bench-kernels-"))
@@ -73,23 +77,29 @@ def kernels_through_tables(settings, shape) -> dict:
         membrane.InferenceParams.insert_params(INFERENCE)
         components = detection.DetectionParams.insert_params(COMPONENTS)
         steps = [membrane.MembraneBlock, membrane.MembraneMap, detection.DetectionBlock, detection.CellDetection]
-        run_worker(steps, max_idle=0, restrictions=({"dataset": "big"},))
-        key = {"dataset": "big"}
-        tables = {"membrane": seconds_in(membrane.MembraneBlock, key) + seconds_in(membrane.MembraneMap, key),
-                  "components": seconds_in(detection.DetectionBlock, {**key, **components})
-                  + seconds_in(detection.CellDetection, {**key, **components})}
-        image = np.asarray(volume.Volume.open_image(key))
-        start = time.perf_counter()
-        ops.predict_membrane(model, image, **INFERENCE)
-        raw = {"membrane": time.perf_counter() - start}
-        probability = np.asarray(open_stored((membrane.MembraneMap & key).fetch1("probability")))
-        start = time.perf_counter()
-        cc3d.connected_components((1.0 - probability) > COMPONENTS["threshold"], connectivity=26)
-        raw["components"] = time.perf_counter() - start
-        start = time.perf_counter()  # what the tables compute: labels, dust, centroids, scores
-        ops.detect_cells(1.0 - probability.astype(np.float64), **COMPONENTS)
-        raw["detect_cells"] = time.perf_counter() - start
-        tables["detect_cells"] = tables["components"]
+        copies = [{"dataset": f"big{index}"} for index in range(repeats)]  # the same volume, made anew by each run
+        volume.Dataset.insert([dict(copy, source=f"file://{folder}/volume.npz#image") for copy in copies])
+        run_worker(pipeline_tables([volume]), max_idle=0)
+        image = np.asarray(volume.Volume.open_image(copies[0]))
+        tables, raw = {}, {}
+        for key in copies:  # each way its fastest of `repeats` runs: single runs here vary by 30%
+            run_worker(steps, max_idle=0, restrictions=(key,))
+            seconds = {"membrane": seconds_in(membrane.MembraneBlock, key) + seconds_in(membrane.MembraneMap, key),
+                       "components": seconds_in(detection.DetectionBlock, {**key, **components})
+                       + seconds_in(detection.CellDetection, {**key, **components})}
+            probability = np.asarray(open_stored((membrane.MembraneMap & key).fetch1("probability")))
+            start = time.perf_counter()
+            ops.predict_membrane(model, image, **INFERENCE)
+            by_hand = {"membrane": time.perf_counter() - start}
+            start = time.perf_counter()
+            cc3d.connected_components((1.0 - probability) > COMPONENTS["threshold"], connectivity=26)
+            by_hand["components"] = time.perf_counter() - start
+            start = time.perf_counter()  # what the tables compute: labels, dust, centroids, scores
+            ops.detect_cells(1.0 - probability.astype(np.float64), **COMPONENTS)
+            by_hand["detect_cells"] = time.perf_counter() - start
+            seconds["detect_cells"] = seconds["components"]
+            tables = {name: min(value, tables.get(name, np.inf)) for name, value in seconds.items()}
+            raw = {name: min(value, raw.get(name, np.inf)) for name, value in by_hand.items()}
         return {name: {"table_s": tables[name], "raw_s": raw[name], "ratio": raw[name] / tables[name]}
                 for name in tables}
     finally:
@@ -118,11 +128,12 @@ def main() -> None:
     """Time the kernels both ways and the chain both ways; print a table and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 512, 512), help="volume ZYX (default 32 512 512)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way; the fastest counts (default 3)")
     parser.add_argument("--no-chain", action="store_true", help="skip the demo chain (it trains a model)")
     args = parser.parse_args()
     settings = dataclasses.replace(settings_for(os.environ.get("DJ_BACKEND", "postgresql")),
                                    schema_prefix=f"kernels_{secrets.token_hex(3)}_")
-    kernels = kernels_through_tables(settings, args.shape)
+    kernels = kernels_through_tables(settings, args.shape, args.repeats)
     print(f"\nvolume {tuple(args.shape)}: kernel seconds by hand / through the tables")
     for name, figures in kernels.items():
         print(f"  {name:<11} by hand {figures['raw_s']:7.3f} s   tables {figures['table_s']:7.3f} s   "

@@ -8,8 +8,11 @@ one server (``--backend``):
 - ``Gated`` with no gates (a trivial job that notes each call of its ``make()``): jobs per
   second with 1 worker and with 16, and whether any key was made twice.
 
-Throughput is jobs over the span from the first job's start to the last job's end, as the
-jobs' provenance records them, so the workers' start-up (imports, registration) is left out.
+Throughput is measured while every worker of the fleet is working: from the latest first job
+start of any worker to the earliest last job end, as the jobs' provenance records them (jobs
+counted by the part of each that falls in that window). Workers' start-up (imports,
+registration, a second apart from one process to the next) and the tail where some have
+run out of jobs are left out.
 
     python bench/scaling.py [--backend postgresql|mysql] [--cpu-jobs 60] [--trivial-jobs 20000] [--many 16]
 
@@ -50,10 +53,23 @@ def throughput(settings, table: str, jobs: int, workers: int, **environment) -> 
             raise SystemExit(f"a worker failed; see {state}")
         target = getattr(toy, table)
         assert len(target()) == jobs, f"{len(target())} of {jobs} jobs done; see {state}"
-        start, end = provenance.of(target).to_arrays("start_time", "end_time")
-        span = (end.max() - start.min()) / np.timedelta64(1, "s")
+        start, end, pid = provenance.of(target).to_arrays("start_time", "end_time", "pid")
     calls = [len(path.read_text().split()) for path in state.glob("*.attempts")]
-    return {"jobs_per_s": jobs / span, "most_calls_per_key": max(calls, default=1)}
+    return {"jobs_per_s": rate_while_all_work(start, end, pid), "most_calls_per_key": max(calls, default=1)}
+
+
+def rate_while_all_work(start: np.ndarray, end: np.ndarray, pid: np.ndarray) -> float:
+    """Return jobs per second in the window where every worker (``pid``) had started and none had finished."""
+    start, end = (start - start.min()) / np.timedelta64(1, "s"), (end - start.min()) / np.timedelta64(1, "s")
+    workers = np.unique(pid)
+    opens = max(start[pid == worker].min() for worker in workers)
+    closes = min(end[pid == worker].max() for worker in workers)
+    if closes <= opens:
+        raise SystemExit("the workers never all worked at once: give them more jobs")
+    duration = end - start
+    inside = np.clip(np.minimum(end, closes) - np.maximum(start, opens), 0, None)
+    counted = np.where(duration > 0, inside / np.where(duration > 0, duration, 1), (start >= opens) & (end <= closes))
+    return float(np.sum(counted) / (closes - opens))
 
 
 def main() -> None:

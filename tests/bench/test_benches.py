@@ -60,7 +60,7 @@ def test_capacity_bench():
 
 
 def test_kernels_bench():
-    result = run_bench("kernels.py", "--shape", "16", "96", "96", "--no-chain")
+    result = run_bench("kernels.py", "--shape", "16", "96", "96", "--no-chain", "--repeats", "2")
     assert result["membrane_ratio"] > 0 and result["components_ratio"] > 0
 
 
