@@ -8,11 +8,11 @@ one server (``--backend``):
 - ``Gated`` with no gates (a trivial job that notes each call of its ``make()``): jobs per
   second with 1 worker and with 16, and whether any key was made twice.
 
-Throughput is measured while every worker of the fleet is working: from the latest first job
-start of any worker to the earliest last job end, as the jobs' provenance records them (jobs
-counted by the part of each that falls in that window). Workers' start-up (imports,
-registration, a second apart from one process to the next) and the tail where some have
-run out of jobs are left out.
+The fleet starts together: the jobs are queued once every worker has registered and is
+looking for work. Throughput is measured while every worker of the fleet is working: from the
+latest first job start of any worker to the earliest last job end, as the jobs' provenance
+records them (jobs counted by the part of each that falls in that window), so start-up and
+the tail where some have run out of jobs are left out.
 
     python bench/scaling.py [--backend postgresql|mysql] [--cpu-jobs 60] [--trivial-jobs 20000] [--many 16]
 
@@ -25,8 +25,10 @@ import argparse
 import dataclasses
 import json
 import secrets
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,24 +40,46 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import settings_for  # noqa: E402
 from worker_runs import toy_schema, worker_process  # noqa: E402
 
-from neuropipe import provenance  # noqa: E402
+from neuropipe import provenance, registry  # noqa: E402
 
 
 def throughput(settings, table: str, jobs: int, workers: int, **environment) -> dict:
-    """Run ``workers`` worker processes on ``jobs`` jobs of ``table``; return jobs/s and calls of make() per key."""
+    """Run ``workers`` worker processes on ``jobs`` jobs of ``table``; return jobs/s and calls of make() per key.
+
+    The jobs are queued once every worker has registered and is looking for work, so the
+    fleet starts together; once all are made, the workers are stopped (SIGTERM: each
+    finishes what it holds and exits 0).
+    """
     settings = dataclasses.replace(settings, schema_prefix=f"scale_{secrets.token_hex(3)}_")
     state = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     with toy_schema(settings) as toy:
-        toy.Item.insert([{"item": item} for item in range(jobs)])
-        fleet = [worker_process(settings, state / f"worker{index}.log", "--max-idle", "2", tables=(table,),
-                                TOY_STATE=state, **environment) for index in range(workers)]
+        fleet = [worker_process(settings, state / f"worker{index}.log", tables=(table,), TOY_STATE=state,
+                                **environment) for index in range(workers)]
+        target = getattr(toy, table)
+        try:
+            wait_for(lambda: len(registry.Worker & "status='running'") == workers, f"{workers} workers to start",
+                     fleet, state)
+            toy.Item.insert([{"item": item} for item in range(jobs)])
+            wait_for(lambda: len(target()) == jobs, f"{jobs} jobs of {table} to be made", fleet, state)
+        finally:
+            for process in fleet:
+                process.send_signal(signal.SIGTERM)
         if any(process.wait() != 0 for process in fleet):
             raise SystemExit(f"a worker failed; see {state}")
-        target = getattr(toy, table)
-        assert len(target()) == jobs, f"{len(target())} of {jobs} jobs done; see {state}"
         start, end, pid = provenance.of(target).to_arrays("start_time", "end_time", "pid")
     calls = [len(path.read_text().split()) for path in state.glob("*.attempts")]
     return {"jobs_per_s": rate_while_all_work(start, end, pid), "most_calls_per_key": max(calls, default=1)}
+
+
+def wait_for(condition, what: str, fleet, state: Path, timeout: float = 600) -> None:
+    """Poll ``condition`` every 0.1 s until it holds; stop if a worker exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if any(process.poll() is not None for process in fleet):
+            raise SystemExit(f"a worker exited while waiting for {what}; see {state}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what}; see {state}")
+        time.sleep(0.1)
 
 
 def rate_while_all_work(start: np.ndarray, end: np.ndarray, pid: np.ndarray) -> float:
