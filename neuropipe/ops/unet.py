@@ -576,15 +576,16 @@ def _tile_starts(size, tile, step):
 
 
 def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_size=4, augment=False,
-                     precision="auto", warp=0.0, average=0.0, context=0, normalise="stack", frame=None,
-                     slice_stats=None):
+                     precision="auto", frame=None, slice_stats=None):
     """Predict the membrane probability of every voxel, slice by slice.
 
     Each Z slice is cut into ``tile`` x ``tile`` tiles (clipped to the
     slice) that overlap by ``overlap`` pixels; tile predictions are blended
     with a raised-cosine window so seams do not show.  Tiles whose sides are
     not multiples of ``2**depth`` are reflect-padded before the network and
-    cropped after it.  Runs under :func:`torch.inference_mode`.
+    cropped after it.  Runs under :func:`torch.inference_mode`.  How slices are
+    normalised and how many neighbouring slices the network sees are the model's
+    own, fixed when it was trained.
 
     Parameters
     ----------

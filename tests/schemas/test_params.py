@@ -27,12 +27,13 @@ def test_same_parameters_same_key(pipeline):
         ("DetectionParams", {"radius": 3}, "unknown parameter"),
         ("TrainingParams", {"iterations": 0}, "iterations=0 is invalid"),
         ("TrainingParams", {"device": "cuda"}, "unknown parameter"),
+        ("InferenceParams", {"normalise": "slice"}, "unknown parameter"),  # the model's own, set in training
         ("MetricsParams", {"threshold": -0.1}, "threshold=-0.1 is invalid"),
     ],
 )
 def test_invalid_parameters_are_refused_at_insert(pipeline, table, params, message):
     module = {"DetectionParams": pipeline.detection, "TrainingParams": pipeline.membrane,
-              "MetricsParams": pipeline.metrics}[table]
+              "InferenceParams": pipeline.membrane, "MetricsParams": pipeline.metrics}[table]
     with pytest.raises(BadInputError, match=message):
         getattr(module, table).insert_params(params)
     assert len(getattr(module, table)()) == 0
