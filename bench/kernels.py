@@ -1,7 +1,8 @@
 """Kernels through the tables against the same kernels called by hand, on the same input.
 
 On the local PostgreSQL server (or ``DJ_HOST``/``DJ_PORT``), one synthetic EM-like volume
-(``--shape``, one block of the default blocking, so the tables process it whole):
+(``--shape``, one block of the default blocking, so the tables process it whole), imported
+``--repeats`` times so that each way's fastest run counts:
 
 - U-Net inference: the seconds ``MembraneBlock`` and ``MembraneMap`` spent (their provenance
   records) against ``ops.predict_membrane`` on the same image with the same model;
@@ -15,7 +16,7 @@ On the local PostgreSQL server (or ``DJ_HOST``/``DJ_PORT``), one synthetic EM-li
 Each ratio is raw seconds over table seconds for the kernels (1.0: the tables cost nothing on
 top) and demo seconds over by-hand seconds for the chain.
 
-    python bench/kernels.py [--shape 32 512 512]
+    python bench/kernels.py [--shape 32 512 512] [--repeats 3]
 
 The last line is one JSON object.
 """
