@@ -69,3 +69,14 @@ def test_blockwise_bench():
                        "--methods", "components", "--workers", "1")
     assert result["blockwise_equals_whole"] is True
     assert result["peak_rss_over_working_set"] > 0 and result["volume_over_working_set"] > 0
+
+
+def test_gpu_bench():
+    result = run_bench("bench_gpu.py", "--steps", "4", "--minutes", "0")
+    assert result["cpu"]["train_steps_per_s"] > 0 and result["cpu"]["inference_mvx_per_s"] > 0
+    worker = result["worker"]
+    assert worker["made_by"]["none"] == 0 and worker["exit_codes"]["none"] == 0  # a CPU-only worker leaves them
+    if result["gpu"] is None:  # no CUDA here: the GPU worker refuses to start, saying why, and makes nothing
+        assert worker["exit_codes"]["all"] != 0 and worker["made_by"]["all"] == 0
+    else:
+        assert worker["exit_codes"]["all"] == 0 and worker["made_by"]["all"] == worker["rows"]
