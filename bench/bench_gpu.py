@@ -13,7 +13,7 @@ Made to be run once on a lent GPU machine (about 15 minutes with the defaults):
 
 Where no CUDA device is visible it says so, measures the CPU side, and exits 0.
 
-    python bench/bench_gpu.py [--minutes 10] [--steps 200] [--backend postgresql|mysql]
+    python bench/bench_gpu.py [--minutes 10] [--steps 200] [--backend auto|postgresql|mysql|embedded]
 
 The last line is one JSON object.
 """
@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import secrets
+import socket
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ from bench_isbi import DATA  # noqa: E402
 from overhead import settings_for  # noqa: E402
 
 from neuropipe import ops  # noqa: E402
+from neuropipe.config import Settings  # noqa: E402
 from neuropipe.demo import REAL_DATA_TRAINING  # noqa: E402
 from neuropipe.ops.unet import _resolve_precision  # noqa: E402
 
@@ -75,13 +77,34 @@ def isbi_after(minutes: float, images, labels) -> dict:
     return {"minutes": minutes, "iterations": model.iterations, "pixel_error": round(float(error), 4)}
 
 
+def worker_settings(backend: str) -> Settings:
+    """Return settings of ``backend``; ``auto``: the local PostgreSQL server where one listens, else the embedded one.
+
+    A lent GPU machine need not run a database server; the embedded PostgreSQL comes with the
+    package.
+    """
+    if backend == "auto":
+        try:
+            socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+            backend = "postgresql"
+        except OSError:
+            backend = "embedded"
+    if backend != "embedded":
+        return settings_for(backend)
+    from neuropipe.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres().ensure_running()
+    return Settings(host=server.host, port=server.port, user=server.user, backend="postgresql",
+                    store=Path(tempfile.mkdtemp(prefix="bench-gpu-store-")))
+
+
 def gpu_worker(backend: str, jobs: int = 20) -> dict:
     """Run a ``--gpus all`` and a ``--gpus none`` worker on ``GpuSquare``; return the rows each made."""
     from worker_runs import toy_schema, worker_process
 
     from neuropipe import provenance
 
-    settings = dataclasses.replace(settings_for(backend), schema_prefix=f"gpubench_{secrets.token_hex(3)}_")
+    settings = dataclasses.replace(worker_settings(backend), schema_prefix=f"gpubench_{secrets.token_hex(3)}_")
     logs = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     with toy_schema(settings) as toy:
         toy.Item.insert([{"item": item} for item in range(jobs)])
@@ -99,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="GPU training budget for the ISBI figure")
     parser.add_argument("--steps", type=int, default=200, help="training steps timed on each device")
-    parser.add_argument("--backend", choices=("postgresql", "mysql"), default="postgresql")
+    parser.add_argument("--backend", choices=("auto", "postgresql", "mysql", "embedded"), default="auto",
+                        help="database of the worker check (default: local PostgreSQL, else the embedded one)")
     args = parser.parse_args()
     images, labels, data = stack()
     gpu = torch.cuda.is_available()
