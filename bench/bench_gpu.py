@@ -111,9 +111,9 @@ def gpu_worker(backend: str, jobs: int = 20) -> dict:
         workers = {spec: worker_process(settings, logs / f"{spec}.log", "--gpus", spec, "--max-idle", "3",
                                         tables=("GpuSquare",)) for spec in ("none", "all")}
         codes = {spec: process.wait(timeout=300) for spec, process in workers.items()}
-        pids = {spec: process.pid for spec, process in workers.items()}
         made = provenance.of(toy.GpuSquare).to_arrays("pid") if len(toy.GpuSquare()) else np.zeros(0)
-    made_by = {spec: int(np.sum(made == pid)) for spec, pid in pids.items()}
+    by_cpu_worker = int(np.sum(made == workers["none"].pid))  # the GPU worker's rows come from its per-GPU child
+    made_by = {"none": by_cpu_worker, "all": len(made) - by_cpu_worker}
     return {"exit_codes": codes, "rows": jobs, "made_by": made_by, "logs": str(logs)}
 
 
