@@ -1,6 +1,8 @@
 """The GPU path in one short run: U-Net speed on the GPU against the CPU, ISBI 2012 after GPU minutes, a GPU worker.
 
-Made to be run once on a lent GPU machine (about 15 minutes with the defaults):
+Made to be run once on a lent GPU machine: about 12 minutes with the defaults, the ISBI
+training's ``--minutes`` (10) most of it; where one command may run at most 10 minutes, give
+``--minutes 5`` and say so beside the figure. It measures:
 
 - U-Net training steps per second and inference MVx/s (the real-data settings of
   ``neuropipe.demo.REAL_DATA_TRAINING``; bfloat16 where the device computes it natively) on
