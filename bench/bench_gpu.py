@@ -44,6 +44,7 @@ from overhead import settings_for  # noqa: E402
 
 from neuropipe import ops  # noqa: E402
 from neuropipe.config import Settings  # noqa: E402
+from neuropipe.database import server_address  # noqa: E402
 from neuropipe.demo import REAL_DATA_TRAINING  # noqa: E402
 from neuropipe.ops.unet import _resolve_precision  # noqa: E402
 
@@ -93,11 +94,7 @@ def worker_settings(backend: str) -> Settings:
             backend = "embedded"
     if backend != "embedded":
         return settings_for(backend)
-    from neuropipe.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres().ensure_running()
-    return Settings(host=server.host, port=server.port, user=server.user, backend="postgresql",
-                    store=Path(tempfile.mkdtemp(prefix="bench-gpu-store-")))
+    return server_address(Settings(host=None, store=Path(tempfile.mkdtemp(prefix="bench-gpu-store-"))))
 
 
 def gpu_worker(backend: str, jobs: int = 20) -> dict:

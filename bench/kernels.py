@@ -78,8 +78,9 @@ def kernels_through_tables(settings, shape, repeats: int = 3) -> dict:
         membrane.InferenceParams.insert_params(INFERENCE)
         components = detection.DetectionParams.insert_params(COMPONENTS)
         steps = [membrane.MembraneBlock, membrane.MembraneMap, detection.DetectionBlock, detection.CellDetection]
-        copies = [{"dataset": f"big{index}"} for index in range(repeats)]  # the same volume, made anew by each run
-        volume.Dataset.insert([dict(copy, source=f"file://{folder}/volume.npz#image") for copy in copies])
+        # the same volume under `repeats` names ("big" is registered already), made anew by each run
+        copies = [{"dataset": "big"}] + [{"dataset": f"big{index}"} for index in range(1, repeats)]
+        volume.Dataset.insert([dict(copy, source=f"file://{folder}/volume.npz#image") for copy in copies[1:]])
         run_worker(pipeline_tables([volume]), max_idle=0)
         image = np.asarray(volume.Volume.open_image(copies[0]))
         tables, raw = {}, {}

@@ -44,10 +44,8 @@ def codec_options(dtype) -> dict:
     Reads are as fast or faster. Compression runs inside a worker's job, so its speed is
     the job's.
     """
-    import zarr
-
     shuffle = "bitshuffle" if np.issubdtype(np.dtype(dtype), np.integer) else "shuffle"
-    if int(zarr.__version__.split(".")[0]) >= 3:
+    if _zarr_3():
         from zarr.codecs import BloscCodec, BytesCodec
 
         return {"codecs": [BytesCodec(), BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]}
@@ -64,11 +62,16 @@ def write_options() -> dict:
     fill value to skip empty ones, a pass over the chunk that cost 0.1 s per 64 MB block of
     labels, to save a few bytes a compressed empty chunk takes.
     """
-    import zarr
-
-    if int(zarr.__version__.split(".")[0]) >= 3:
+    if _zarr_3():
         return {"config": {"write_empty_chunks": True}}
     return {"write_empty_chunks": True}
+
+
+def _zarr_3() -> bool:
+    """Return True under zarr-python 3 (the CUDA image's Python 3.10 has zarr 2, whose keywords differ)."""
+    import zarr
+
+    return int(zarr.__version__.split(".")[0]) >= 3
 
 
 def create_zarr(fsmap, shape, dtype, chunks=None):
