@@ -120,21 +120,30 @@ def test_status_counts_blocks_and_a_failed_block_is_retried_alone(pipeline, chai
 
 @pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
 def test_two_worker_processes_racing_on_blocks_make_the_same_map(pipeline, chain, settings, tmp_path):
+    """Two worker processes share the blocks, each made once, and the map equals the whole-volume one.
+
+    Each worker may make at most a little over half the blocks (``--max-jobs``), so both must
+    take some whichever starts first: the race is staged, not left to start-up timing.
+    """
+    membrane = pipeline.membrane
     pipeline.volume.Blocking.insert1(dict(blocking_id="tiny", size_z=3, size_y=24, size_x=28))
     run_worker(pipeline_tables([pipeline.volume]), max_idle=0)
+    pending = len(membrane.MembraneBlock.key_source - membrane.MembraneBlock)
+    assert pending > 4
     env = {**os.environ, "DJ_HOST": settings.host or "", "DJ_PORT": str(settings.port or ""),
            "DJ_USER": settings.user or "", "DJ_PASS": "", "DJ_BACKEND": settings.backend,
            "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix, "NEUROPIPE_STORE": str(settings.store)}
-    command = [sys.executable, "-m", "neuropipe.cli", "worker", "--tables", "MembraneBlock", "--tables",
-               "MembraneMap", "--max-idle", "2", "--poll", "0.2", "--heartbeat", "1"]
+    command = [sys.executable, "-m", "neuropipe.cli", "worker", "--tables", "MembraneBlock", "--max-idle", "5",
+               "--poll", "0.2", "--heartbeat", "1", "--max-jobs", str(pending // 2 + 1)]
     workers = [subprocess.Popen(command, env=env, stdout=open(tmp_path / f"w{index}.log", "wb"),
                                 stderr=subprocess.STDOUT) for index in range(2)]
     assert [worker.wait(timeout=600) for worker in workers] == [0, 0], [
         (tmp_path / f"w{index}.log").read_text()[-2000:] for index in range(2)]
-    hosts = set((pipeline.membrane.MembraneBlock().jobs & {"blocking_id": "tiny"}).to_arrays("pid"))
-    assert len(hosts) == 2  # both took blocks
-    run_worker(pipeline_tables([pipeline.membrane]), max_idle=0)
-    maps = {name: result(pipeline.membrane.MembraneMap, {**chain["key"], "blocking_id": name}, "probability")
+    assert len(membrane.MembraneBlock.key_source - membrane.MembraneBlock) == 0  # the two made every block
+    made_by = (membrane.MembraneBlock().jobs & "status = 'success'").to_arrays("pid")
+    assert len(made_by) == pending and len(set(made_by)) == 2  # each block once, both workers took blocks
+    run_worker(pipeline_tables([membrane]), max_idle=0)
+    maps = {name: result(membrane.MembraneMap, {**chain["key"], "blocking_id": name}, "probability")
             for name in ("default", "tiny")}
     np.testing.assert_allclose(maps["tiny"], maps["default"], atol=1e-6)
 
