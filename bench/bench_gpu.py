@@ -4,8 +4,8 @@ Made to be run once on a lent GPU machine: about 12 minutes with the defaults, t
 training's ``--minutes`` (10) most of it; where one command may run at most 10 minutes, give
 ``--minutes 5`` and say so beside the figure. It measures:
 
-- U-Net training steps per second and inference MVx/s (the real-data settings of
-  ``neuropipe.demo.REAL_DATA_TRAINING``; bfloat16 where the device computes it natively) on
+- U-Net training steps per second and inference MVx/s (``train_membrane``'s defaults, the
+  settings measured best on ISBI 2012; bfloat16 where the device computes it natively) on
   the CPU and on the GPU, on the ISBI 2012 stack (a synthetic one where it is absent);
 - the held-out ISBI pixel error (train on slices 0-19, score 20-29, no test-time
   augmentation) after ``--minutes`` of GPU training;
@@ -45,7 +45,6 @@ from overhead import settings_for  # noqa: E402
 from neuropipe import ops  # noqa: E402
 from neuropipe.config import Settings  # noqa: E402
 from neuropipe.database import server_address  # noqa: E402
-from neuropipe.demo import REAL_DATA_TRAINING  # noqa: E402
 from neuropipe.ops.unet import _resolve_precision  # noqa: E402
 
 
@@ -62,7 +61,7 @@ def speed(device: str, images, labels, steps: int) -> dict:
     """Return training steps/s and inference MVx/s of the U-Net on ``device``."""
     precision = _resolve_precision("auto", torch.device(device))
     model = ops.train_membrane(images[:20], labels[:20], iterations=steps, device=device, precision=precision,
-                               progress=False, seed=0, **REAL_DATA_TRAINING)
+                               progress=False, seed=0)
     volume = images[20:30]
     ops.predict_membrane(model, volume[:1], device=device, precision=precision)  # warm-up (kernels, allocator)
     start = time.perf_counter()
@@ -74,8 +73,7 @@ def speed(device: str, images, labels, steps: int) -> dict:
 
 def isbi_after(minutes: float, images, labels) -> dict:
     """Train on the GPU for ``minutes``; return the held-out pixel error and the steps it ran."""
-    model = ops.train_membrane(images[:20], labels[:20], minutes=minutes, device="cuda", progress=False, seed=0,
-                               **REAL_DATA_TRAINING)
+    model = ops.train_membrane(images[:20], labels[:20], minutes=minutes, device="cuda", progress=False, seed=0)
     error = ops.pixel_scores(ops.predict_membrane(model, images[20:30], device="cuda"), labels[20:30]).pixel_error
     return {"minutes": minutes, "iterations": model.iterations, "pixel_error": round(float(error), 4)}
 

@@ -1,11 +1,12 @@
 """The whole chain, end to end, through the worker loop the daemons use."""
 
+import inspect
 import platform
 
 import numpy as np
 import pytest
 
-from neuropipe import demo, provenance
+from neuropipe import demo, ops, provenance
 from neuropipe.io.stored import open_stored
 from neuropipe.worker import pipeline_tables, run_worker
 
@@ -76,6 +77,12 @@ def test_isbi_2012_end_to_end(pipeline, settings, isbi_path):
     scores = {row["dataset"]: row for row in results["membrane"]}
     assert set(scores) == {"isbi_train", "isbi_eval"}
     assert scores["isbi_eval"]["pixel_error"] < 0.15, scores  # raw intensity threshold: 0.19
+    training_id = pipeline.membrane.TrainingParams.fetch1("training_id")  # the plan's only set
+    trained = pipeline.membrane._model({"training_dataset": "isbi_train", "training_id": training_id})
+    defaults = {name: parameter.default for name, parameter in inspect.signature(ops.train_membrane).parameters.items()}
+    for setting in ("depth", "width", "learning_rate", "schedule", "normalise"):  # the kernel's defaults, not the sample's
+        assert trained.hyperparameters[setting] == defaults[setting], setting
+    assert trained.hyperparameters["validation_errors"]  # 2 of the 20 training slices chose the checkpoint
     volume = pipeline.volume
     assert (volume.Volume & {"dataset": "isbi_eval"}).fetch1("depth") == 10
     cells = volume.AnnotationVolume.Cell & {"dataset": "isbi_eval"}
