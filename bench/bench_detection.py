@@ -28,6 +28,10 @@ REGIMES = {
     "mixed sizes": dict(shape=(48, 96, 96), packing=0.8, radius=(3.0, 10.0)),
     "small volume": dict(shape=(32, 56, 64), packing=0.75, radius=(3.0, 9.0)),
     "anisotropic": dict(shape=(24, 96, 96), packing=0.8, voxel_size=(2.0, 1.0, 1.0)),
+    "elongated, irregular": dict(shape=(48, 96, 96), packing=0.8, elongation=2.0, irregularity=0.2),
+    "chromatin, photon noise": dict(shape=(48, 96, 96), packing=0.8, chromatin=0.4, photons=20, dim=0.25),
+    "fluorescence (all at once)": dict(shape=(32, 96, 96), packing=0.75, radius=(4.0, 8.0), voxel_size=(2.0, 1.0, 1.0),
+                                       elongation=1.8, irregularity=0.15, chromatin=0.35, photons=30, dim=0.3),
 }
 
 SWEEPS = {
@@ -51,9 +55,11 @@ def main() -> None:
     """Sweep each method over every regime; print the best mean F1, the perfect-map peer and timings."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help="a subset of the regimes")
+    parser.add_argument("--methods", nargs="+", default=list(SWEEPS), help="a subset of the methods")
     args = parser.parse_args()
     volumes = []
-    for regime, options in REGIMES.items():
+    for regime, options in ((name, REGIMES[name]) for name in args.regimes):
         for seed in args.seeds:
             sample = ops.make_nuclei(seed=seed, **options)
             volumes.append((regime, sample, ops.gmm_probability(sample.image, foreground="bright")))
@@ -64,7 +70,7 @@ def main() -> None:
           f"{np.mean(list(best_perfect.values())):.3f}; " + ", ".join(f"{k} {v:.3f}" for k, v in best_perfect.items()))
     cube = ops.make_nuclei((128, 128, 128), seed=99)
     cube_map = ops.gmm_probability(cube.image, foreground="bright")
-    for method, sweep in SWEEPS.items():
+    for method, sweep in ((name, SWEEPS[name]) for name in args.methods):
         start = time.perf_counter()
         scored = [(f1_by_regime(volumes, params), params) for params in sweep]
         swept = time.perf_counter() - start

@@ -9,10 +9,13 @@ two peaks as long as their centres are more than about one radius apart.  So: ta
 response at a few scales spanning the expected sizes, keep its per-voxel maximum, and call
 every clear local maximum inside the thresholded probability a cell.  The probability is
 mirrored at the volume border, so a cell cut by the border still peaks near its centre.
-Each voxel of the mask then goes to the cell whose peak is nearest relative to the cell's
-scale (touching cells meet where their balls would, a large cell does not swallow a small
-one), and each cell is placed at the centroid of its voxels within that scale of its peak:
-the part of it in view, where an annotator marks a cell cut by the border.
+The mask is the probability smoothed by one voxel, thresholded, with enclosed holes
+filled, so the dark patches of chromatin and photon noise do not cut cells apart.  Each
+voxel of the mask then goes to the cell whose peak is nearest relative to the cell's scale
+(touching cells meet where their balls would, a large cell does not swallow a small one),
+and each cell is placed at the centroid of its voxels: the part of it in view, where an
+annotator marks a cell cut by the border, and the middle of an elongated cell whose peak
+lies off-centre.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ BALL_RESPONSE = 0.925
 #: Weakest blob kept, as a fraction of ``BALL_RESPONSE``: nuclei in GMM maps of synthetic
 #: volumes peak at 0.33 or more, the ripples of a map of pure noise below 0.04.
 MIN_CONTRAST = 0.1
+#: Gaussian smoothing of the probability before it is thresholded into the mask, in voxels
+#: of the finest axis.
+MASK_SMOOTHING = 1.0
 
 
 def ellipsoid(radius, spacing):
@@ -67,28 +73,38 @@ def blob_response(prob, radii, spacing):
     return best, size
 
 
-def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size):
-    """Return (labels, centroids, scores, counts) of the blobs of ``prob``, or None if there are none.
+def blob_seeds(prob, mask, radius, spacing, max_cells=None):
+    """Return the blob peaks of ``prob`` inside ``mask``, strongest first, and the radius of each.
 
-    ``sphere_size`` is the expected cell diameter in voxels of the finest axis; scales
-    from ``SCALE_RANGE[0]`` to ``SCALE_RANGE[1]`` times its half are searched.  At most
-    ``max_cells`` of the strongest blobs are kept; blobs owning fewer than ``min_voxels``
-    voxels of the thresholded probability are dropped as specks.
+    Scales from ``SCALE_RANGE[0]`` to ``SCALE_RANGE[1]`` times ``radius`` (the expected cell
+    radius in voxels of the finest axis) are searched; peaks weaker than ``MIN_CONTRAST`` of
+    a ball's response, or nearer than ``SEPARATION * radius`` to a stronger one, are not
+    seeds.  At most ``max_cells`` are returned (all where None).
     """
-    spacing = np.asarray(voxel_size, float) / min(voxel_size)
-    radius = sphere_size / 2
-    mask = prob > threshold
-    if not mask.any():
-        return None
     response, size = blob_response(prob, np.geomspace(*SCALE_RANGE, SCALES) * radius, spacing)
     footprint = ellipsoid(SEPARATION * radius, spacing)
     strong = response >= MIN_CONTRAST * BALL_RESPONSE
     peaks = mask & strong & (response == ndimage.maximum_filter(response, footprint=footprint))
     seeds = _separated(label_components(peaks, connectivity=26).centroids, response, spacing,
                        SEPARATION * radius)[:max_cells]
+    return seeds, size[tuple(np.round(seeds).astype(int).T)]
+
+
+def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size):
+    """Return (labels, centroids, scores, counts) of the blobs of ``prob``, or None if there are none.
+
+    ``sphere_size`` is the expected cell diameter in voxels of the finest axis (see
+    :func:`blob_seeds`).  At most ``max_cells`` of the strongest blobs are kept; blobs owning
+    fewer than ``min_voxels`` voxels of the thresholded probability are dropped as specks.
+    """
+    spacing = np.asarray(voxel_size, float) / min(voxel_size)
+    mask = ndimage.gaussian_filter(np.asarray(prob, np.float32), MASK_SMOOTHING / spacing) > threshold
+    mask = ndimage.binary_fill_holes(mask)
+    if not mask.any():
+        return None
+    seeds, sizes = blob_seeds(prob, mask, sphere_size / 2, spacing, max_cells)
     if not len(seeds):
         return None
-    sizes = size[tuple(np.round(seeds).astype(int).T)]
     labels = _assign(mask, seeds, sizes, spacing)
     counts = np.bincount(labels.ravel(), minlength=len(seeds) + 1)[1:]
     keep = counts >= max(min_voxels, 1)
@@ -97,10 +113,11 @@ def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size
     lut = np.zeros(len(seeds) + 1, np.uint32)
     lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
     labels = lut[labels]
-    seeds = _visible_centres(labels, seeds[keep], sizes[keep], spacing)
-    sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=len(seeds) + 1)[1:]
     counts = counts[keep].astype(np.int64)
-    return labels, seeds, sums / counts, counts
+    ids = np.arange(1, len(counts) + 1)
+    centroids = np.asarray(ndimage.center_of_mass(np.ones(labels.shape), labels, ids), float).reshape(-1, 3)
+    sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=len(ids) + 1)[1:]
+    return labels, centroids, sums / counts, counts
 
 
 def _separated(candidates, response, spacing, distance):
@@ -138,18 +155,3 @@ def _assign(mask, seeds, sizes, spacing, neighbours=6):
     labels = np.zeros(mask.shape, np.uint32)
     labels[tuple(points.T)] = owner
     return labels
-
-
-def _visible_centres(labels, seeds, sizes, spacing):
-    """Centroid of each cell's voxels within its radius of its peak (the part of it in view)."""
-    refined = seeds.copy()
-    for index, (seed, radius) in enumerate(zip(seeds, sizes), start=1):
-        reach = np.ceil(radius / spacing).astype(int)
-        centre = np.round(seed).astype(int)
-        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, labels.shape)
-        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
-        near = sum(((axis - c) * step) ** 2 for axis, c, step in zip(grid, seed, spacing)) <= radius**2
-        inside = near & (labels[tuple(slice(a, b) for a, b in zip(lo, hi))] == index)
-        if inside.any():
-            refined[index - 1] = lo + np.array(np.nonzero(inside)).mean(axis=1)
-    return refined

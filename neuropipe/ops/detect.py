@@ -218,12 +218,13 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     local maximum inside ``P > threshold`` (0.5 to 0.85 suit a GMM map), at
     least ``sphere_size / 4`` from a stronger one and with at least a tenth
     of the response of a ball of probability 1, is a cell.  Each voxel of
-    ``P > threshold`` goes to the cell nearest relative to its scale (the
-    labels); cells with fewer than ``min_voxels`` voxels are dropped, at
-    most ``max_cells`` of the strongest are kept, the centroid is that of
-    the cell's voxels within its scale of its peak (for a cell cut by the
-    border, the centre of the part in view) and the score is the mean ``P``
-    of its voxels.  Touching cells of different sizes separate.
+    the mask (``P`` smoothed by one voxel, ``> threshold``, enclosed holes
+    filled) goes to the cell nearest relative to its scale (the labels);
+    cells with fewer than ``min_voxels`` voxels are dropped, at most
+    ``max_cells`` of the strongest are kept, the centroid is that of the
+    cell's voxels (for a cell cut by the border, the centre of the part in
+    view; for an elongated cell, its middle) and the score is the mean
+    ``P`` of its voxels.  Touching cells of different sizes separate.
 
     Parameters
     ----------

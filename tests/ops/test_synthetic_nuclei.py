@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from neuropipe.ops import detect_cells, gmm_probability, make_nuclei, match_centroids
 
@@ -49,10 +50,67 @@ def test_same_seed_same_volume():
     (dict(packing=0.0), "packing must be in"),
     (dict(dim=1.5), "dim must be in"),
     (dict(shape=(4, 4)), "shape must be three integers"),
+    (dict(elongation=0.5), "elongation must be a ratio >= 1"),
+    (dict(irregularity=-0.1), "irregularity and chromatin must be >= 0"),
+    (dict(photons=0), "photons must be a positive count"),
 ])
 def test_bad_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_nuclei(**kwargs)
+
+
+def _axis_ratios(nuclei):
+    """Long-to-short axis ratio (square root of the inertia eigenvalues) of each nucleus of 200+ voxels."""
+    ratios = []
+    for index in range(1, int(nuclei.max()) + 1):
+        points = np.argwhere(nuclei == index)
+        if len(points) >= 200:
+            eigenvalues = np.linalg.eigvalsh(np.cov(points.T))
+            ratios.append(np.sqrt(eigenvalues[-1] / eigenvalues[0]))
+    return np.asarray(ratios)
+
+
+def test_elongated_irregular_nuclei_are_longer_and_rougher_than_the_default():
+    round_, long_ = (make_nuclei((32, 64, 64), seed=2, **options) for options in ({}, {"elongation": 2.0}))
+    assert np.median(_axis_ratios(long_.nuclei)) > np.median(_axis_ratios(round_.nuclei)) + 0.2
+    rough = make_nuclei((32, 64, 64), seed=2, irregularity=0.3)
+    assert np.median(_surface_to_volume(rough.nuclei)) > 1.1 * np.median(_surface_to_volume(round_.nuclei))
+
+
+def _surface_to_volume(nuclei):
+    """Faces of each nucleus of 200+ voxels, over its volume to the 2/3 (least for a ball)."""
+    faces = np.zeros(int(nuclei.max()) + 1)
+    for axis in range(3):
+        a, b = np.moveaxis(nuclei, axis, 0)[:-1], np.moveaxis(nuclei, axis, 0)[1:]
+        differ = a != b
+        np.add.at(faces, a[differ], 1)
+        np.add.at(faces, b[differ], 1)
+    volume = np.bincount(nuclei.ravel(), minlength=len(faces))
+    large = np.flatnonzero(volume >= 200)
+    large = large[large > 0]
+    return faces[large] / volume[large] ** (2 / 3)
+
+
+def test_photon_noise_grows_with_brightness_and_chromatin_varies_nuclei_inside():
+    quiet, shot = (make_nuclei((24, 48, 48), seed=4, **options) for options in ({}, {"photons": 10}))
+    bright, dark = shot.nuclei > 0, shot.nuclei == 0
+    extra = np.abs(shot.image.astype(float) - quiet.image)  # the same volume but for the Poisson draw
+    assert extra[bright].mean() > 1.5 * extra[dark].mean() > 0  # shot noise scales with the signal
+    plain, textured = (make_nuclei((24, 48, 48), seed=4, **options) for options in ({}, {"chromatin": 0.5}))
+    inner = ndimage.binary_erosion(plain.nuclei > 0, iterations=2)  # away from the blurred outlines
+    spread = [np.median([np.std(sample.image[inner & (sample.nuclei == index)])
+                         for index in np.unique(sample.nuclei[inner])]) for sample in (plain, textured)]
+    assert spread[1] > 1.5 * spread[0]
+
+
+def test_blobs_place_an_elongated_cell_at_its_middle():
+    z, y, x = np.ogrid[:24, :32, :64]
+    prob = (((z - 12) / 5) ** 2 + ((y - 16) / 5) ** 2 + ((x - 32) / 16) ** 2 <= 1).astype(float)
+    found = detect_cells(prob, method="blobs", threshold=0.5, sphere_size=10)
+    assert found.count <= 2
+    middle = np.average(found.centroids, axis=0, weights=found.voxel_counts)
+    np.testing.assert_allclose(middle, [12, 16, 32], atol=0.5)
+    assert np.all(np.abs(found.centroids[:, 2] - 32) < 12)  # each piece at the middle of its part
 
 
 def _best_f1(probability, truth, sweep):
