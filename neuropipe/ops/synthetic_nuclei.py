@@ -82,7 +82,7 @@ def _paint(shape, vs, centres, radii, stretch, rotations=None, roughness=None):
     for index, (centre, r, s) in enumerate(zip(centres, radii, stretch), start=1):
         semi = r * s
         reach = semi if rotations is None else np.full(3, semi.max())
-        reach = reach * (1.0 if roughness is None else 1.5)
+        reach = reach if roughness is None else reach / float(roughness.min())  # the farthest a bulge reaches
         lo = np.maximum(np.floor((centre - reach) / vs).astype(int), 0)
         hi = np.minimum(np.ceil((centre + reach) / vs).astype(int) + 1, shape)
         if np.any(hi <= lo):
