@@ -1,8 +1,8 @@
 """detect_cells: planted balls, anisotropy, borders, limits, exact local updates, components."""
 
 import numpy as np
-from scipy import ndimage
 import pytest
+from scipy import ndimage
 from scipy.signal import fftconvolve
 
 from neuropipe.ops import detect_cells, gmm_probability
