@@ -7,7 +7,7 @@ its own scale instead: the scale-normalised Laplacian of Gaussian ``-s**2 * LoG_
 ball of radius ``r`` peaks at its centre at ``s = r / sqrt(3)``, and two touching balls keep
 two peaks as long as their centres are more than about one radius apart.  So: take that
 response at a few scales spanning the expected sizes, keep its per-voxel maximum, and call
-every clear local maximum inside the thresholded probability a cell.  The probability is
+every clear local maximum inside the mask (below) a cell.  The probability is
 mirrored at the volume border, so a cell cut by the border still peaks near its centre.
 The mask is the probability smoothed by one voxel, thresholded, with enclosed holes
 filled, so the dark patches of chromatin and photon noise do not cut cells apart.  Each
@@ -73,13 +73,13 @@ def blob_response(prob, radii, spacing):
     return best, size
 
 
-def blob_seeds(prob, mask, radius, spacing, max_cells=None):
+def blob_seeds(prob, mask, radius, spacing, max_cells):
     """Return the blob peaks of ``prob`` inside ``mask``, strongest first, and the radius of each.
 
     Scales from ``SCALE_RANGE[0]`` to ``SCALE_RANGE[1]`` times ``radius`` (the expected cell
     radius in voxels of the finest axis) are searched; peaks weaker than ``MIN_CONTRAST`` of
     a ball's response, or nearer than ``SEPARATION * radius`` to a stronger one, are not
-    seeds.  At most ``max_cells`` are returned (all where None).
+    seeds.  At most ``max_cells`` are returned.
     """
     response, size = blob_response(prob, np.geomspace(*SCALE_RANGE, SCALES) * radius, spacing)
     footprint = ellipsoid(SEPARATION * radius, spacing)
@@ -95,7 +95,7 @@ def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size
 
     ``sphere_size`` is the expected cell diameter in voxels of the finest axis (see
     :func:`blob_seeds`).  At most ``max_cells`` of the strongest blobs are kept; blobs owning
-    fewer than ``min_voxels`` voxels of the thresholded probability are dropped as specks.
+    fewer than ``min_voxels`` voxels of the mask are dropped as specks.
     """
     spacing = np.asarray(voxel_size, float) / min(voxel_size)
     mask = ndimage.gaussian_filter(np.asarray(prob, np.float32), MASK_SMOOTHING / spacing) > threshold
