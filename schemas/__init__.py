@@ -1,17 +1,17 @@
 """The bundled neuropipe pipeline: volume -> membrane map -> cell detections -> metrics (-> export).
 
 Each module holds one DataJoint schema, created unbound so that importing it touches no
-database.  :func:`activate` binds all five, in dependency order, to schemas named
-``<prefix>volume``, ``<prefix>membrane``, ``<prefix>detection``, ``<prefix>metrics`` and
-``<prefix>export``.
+database.  :func:`activate` binds all six, in dependency order, to schemas named
+``<prefix>volume``, ``<prefix>membrane``, ``<prefix>detection``, ``<prefix>metrics``,
+``<prefix>nuclei`` (nuclei learned from annotated cells) and ``<prefix>export``.
 The worker and the demo call it with the configured prefix; tests call it with their own.
 """
 
 from neuropipe.database import bind_schema, drop_schema, import_datajoint
-from schemas import detection, export, membrane, metrics, volume
+from schemas import detection, export, membrane, metrics, nuclei, volume
 
 CHAIN = (volume, membrane, detection, metrics)  # what the demo runs: image to scores
-MODULES = CHAIN + (export,)
+MODULES = CHAIN + (nuclei, export)  # nuclei: the learned option, for labs with annotated nuclei
 
 
 def activate(prefix: str, connection=None) -> None:

@@ -3,8 +3,11 @@
 A cell's interior is where the membrane probability is low, so detection runs on
 ``1 - P(membrane)``: xbrain's greedy sphere detection by default, connected components
 (``method='components'``) or multi-scale blob detection that separates touching cells of
-mixed sizes (``method='blobs'``), as chosen by :class:`DetectionParams`.
+mixed sizes (``method='blobs'``), as chosen by :class:`DetectionParams`.  Parameter sets of
+``method='learned'`` are taken by :class:`schemas.nuclei.NucleiDetection` instead.
 """
+
+import json
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from schemas.volume import Dataset, VolumeBlocks
 
 dj = import_datajoint()
 schema = dj.Schema()
+ON_MEMBRANE_MAPS = ("spheres", "components", "blobs")  # the methods DetectionBlock runs
 
 @schema
 class DetectionParams(ParamSet, dj.Lookup):
@@ -42,6 +46,14 @@ class DetectionParams(ParamSet, dj.Lookup):
     params : json                         # keyword arguments of ops.detect_cells
     description = "" : varchar(255)
     """
+
+    @classmethod
+    def using(cls, methods) -> list[dict]:
+        """Return the keys of the sets whose method (default 'spheres') is one of ``methods``, as a restriction."""
+        rows = cls().to_dicts()
+        params = [json.loads(row["params"]) if isinstance(row["params"], str) else row["params"] for row in rows]
+        return [{cls.key_name: row[cls.key_name]} for row, values in zip(rows, params)
+                if values.get("method", "spheres") in methods]
 
 
 @schema
@@ -69,6 +81,11 @@ class DetectionBlock(blockwise.PerBlock, dj.Computed):
     probability_sums : <blob>             # interior probability summed over each piece
     owned : <blob>                        # spheres/blobs: N x 5 (id, z, y, x, score) of cells owned
     """ + blockwise.PER_BLOCK_ATTRIBUTES
+
+    @property
+    def key_source(self):
+        """Every block of every membrane map under every parameter set of a method on membrane maps."""
+        return super().key_source & DetectionParams.using(ON_MEMBRANE_MAPS)
 
     def halo(self, key):
         """None for components (stitched instead); two cell diameters for spheres and blobs."""
@@ -154,7 +171,7 @@ class CellDetection(dj.Computed):
     @property
     def key_source(self):
         """Detections whose every block is done."""
-        return blockwise.complete(super().key_source, DetectionBlock)
+        return blockwise.complete(super().key_source & DetectionParams.using(ON_MEMBRANE_MAPS), DetectionBlock)
 
     def make(self, key):
         """Join the blocks' pieces into cells, number them, write the labels block by block."""

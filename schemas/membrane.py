@@ -196,15 +196,15 @@ def _model(key: dict) -> ops.MembraneModel:
                  ).fetch1("model")
     path = getattr(reference, "path", None)
     if path is None:
-        return ops.MembraneModel.from_bytes(_read_bytes(reference))
+        return ops.MembraneModel.from_bytes(read_bytes(reference))
     if path not in _LOADED_MODELS:
         if len(_LOADED_MODELS) >= 4:
             _LOADED_MODELS.pop(next(iter(_LOADED_MODELS)))
-        _LOADED_MODELS[path] = ops.MembraneModel.from_bytes(_read_bytes(reference))
+        _LOADED_MODELS[path] = ops.MembraneModel.from_bytes(read_bytes(reference))
     return _LOADED_MODELS[path]
 
 
-def _read_bytes(reference) -> bytes:
+def read_bytes(reference) -> bytes:
     """Return the content of an ``<object>`` attribute as bytes."""
     if isinstance(reference, (bytes, bytearray)):
         return bytes(reference)

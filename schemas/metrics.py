@@ -105,13 +105,24 @@ class DetectionMetrics(dj.Computed):
 
     def make(self, key):
         """Match detected to annotated centroids and count."""
-        options = scoring_options(**MetricsParams().fetch_params(key))
-        detected = _centroids(CellDetection.Cell & key)
-        truth = _centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]})
-        spacing = np.asarray((Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"), dtype=float)
-        match = ops.match_centroids(detected, truth, radius=options["radius"], voxel_size=spacing / spacing.min())
-        self.insert1(dict(key, precision=match.precision, recall=match.recall, f1=match.f1,
-                          true_positives=match.tp, false_positives=match.fp, false_negatives=match.fn))
+        self.insert1(dict(key, **match_to_annotation(key, CellDetection.Cell & key)))
+
+
+def match_to_annotation(key: dict, detected_cells) -> dict:
+    """Match the centroids of ``detected_cells`` one-to-one to the annotated cells of ``key``'s dataset.
+
+    Returns
+    -------
+    dict
+        precision, recall, f1, true_positives, false_positives, false_negatives.
+    """
+    options = scoring_options(**MetricsParams().fetch_params(key))
+    truth = _centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]})
+    spacing = np.asarray((Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"), dtype=float)
+    match = ops.match_centroids(_centroids(detected_cells), truth, radius=options["radius"],
+                                voxel_size=spacing / spacing.min())
+    return dict(precision=match.precision, recall=match.recall, f1=match.f1, true_positives=match.tp,
+                false_positives=match.fp, false_negatives=match.fn)
 
 
 def _centroids(cells) -> np.ndarray:

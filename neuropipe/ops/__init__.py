@@ -7,6 +7,7 @@ here.
 
 from __future__ import annotations
 
+from ._runtime import PRECISIONS
 from .components import Components, label_components
 from .detect import DETECTION_METHODS, Detections, detect_cells
 from .gmm import gmm_probability
@@ -19,9 +20,10 @@ from .metrics import (
     pixel_scores,
     variation_of_information,
 )
+from .nuclei import NucleiMaps, NucleiModel, centre_map, predict_nuclei, train_nuclei
 from .synthetic import SyntheticSample, make_sample
 from .synthetic_nuclei import NucleiSample, make_nuclei
-from .unet import NORMALISATIONS, PRECISIONS, SCHEDULES, MembraneModel, UNet2d, predict_membrane, train_membrane
+from .unet import NORMALISATIONS, SCHEDULES, MembraneModel, UNet2d, predict_membrane, train_membrane
 
 __all__ = [
     "DETECTION_METHODS",
@@ -32,12 +34,15 @@ __all__ = [
     "Detections",
     "MatchResult",
     "MembraneModel",
+    "NucleiMaps",
+    "NucleiModel",
     "NucleiSample",
     "PixelScores",
     "SyntheticSample",
     "UNet2d",
     "VariationOfInformation",
     "adapted_rand_error",
+    "centre_map",
     "detect_cells",
     "gmm_probability",
     "label_components",
@@ -46,6 +51,8 @@ __all__ = [
     "match_centroids",
     "pixel_scores",
     "predict_membrane",
+    "predict_nuclei",
     "train_membrane",
+    "train_nuclei",
     "variation_of_information",
 ]

@@ -16,6 +16,9 @@ voxel of the mask then goes to the cell whose peak is nearest relative to the ce
 and each cell is placed at the centroid of its voxels: the part of it in view, where an
 annotator marks a cell cut by the border, and the middle of an elongated cell whose peak
 lies off-centre.
+
+The ``"learned"`` method shares out its mask the same way; its seeds are the peaks of the
+centre map a nuclei network predicts (:mod:`neuropipe.ops.nuclei`).
 """
 
 from __future__ import annotations
@@ -105,6 +108,16 @@ def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size
     seeds, sizes = blob_seeds(prob, mask, sphere_size / 2, spacing, max_cells)
     if not len(seeds):
         return None
+    return cells_from_seeds(mask, seeds, sizes, spacing, prob, min_voxels)
+
+
+def cells_from_seeds(mask, seeds, sizes, spacing, prob, min_voxels):
+    """Return (labels, centroids, scores, counts) of the cells grown from ``seeds`` in ``mask``, or None.
+
+    Each voxel of ``mask`` goes to the seed nearest relative to its size (``sizes``, in voxels
+    of the finest axis); cells owning fewer than ``min_voxels`` voxels are dropped.  The
+    centroid is that of the cell's voxels, the score its mean ``prob``.
+    """
     labels = _assign(mask, seeds, sizes, spacing)
     counts = np.bincount(labels.ravel(), minlength=len(seeds) + 1)[1:]
     keep = counts >= max(min_voxels, 1)
@@ -118,6 +131,30 @@ def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size
     centroids = np.asarray(ndimage.center_of_mass(np.ones(labels.shape), labels, ids), float).reshape(-1, 3)
     sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=len(ids) + 1)[1:]
     return labels, centroids, sums / counts, counts
+
+
+def detect_centres(foreground, centres, threshold, stop, sphere_size, max_cells, min_voxels, voxel_size):
+    """Return (labels, centroids, scores, counts) of the cells a nuclei network sees, or None.
+
+    Every local maximum of the predicted ``centres`` map (see
+    :func:`neuropipe.ops.nuclei.centre_map`) of at least ``stop`` inside the foreground
+    (``foreground > threshold``, enclosed holes filled) and at least ``SEPARATION`` of the
+    expected radius ``sphere_size / 2`` from a stronger one is a cell; at most ``max_cells``
+    of the strongest are kept, and the foreground is shared out among them as for blobs.
+    """
+    spacing = np.asarray(voxel_size, float) / min(voxel_size)
+    mask = ndimage.binary_fill_holes(foreground > threshold)
+    if not mask.any():
+        return None
+    radius = sphere_size / 2
+    centres = np.asarray(centres, np.float32)
+    footprint = ellipsoid(SEPARATION * radius, spacing)
+    peaks = mask & (centres >= stop) & (centres == ndimage.maximum_filter(centres, footprint=footprint))
+    seeds = _separated(label_components(peaks, connectivity=26).centroids, centres, spacing,
+                       SEPARATION * radius)[:max_cells]
+    if not len(seeds):
+        return None
+    return cells_from_seeds(mask, seeds, np.full(len(seeds), radius), spacing, foreground, min_voxels)
 
 
 def _separated(candidates, response, spacing, distance):

@@ -1,6 +1,6 @@
 """Cell detection in a cell-probability volume.
 
-Three methods are provided:
+Four methods are provided:
 
 ``"spheres"``
     The greedy sphere-template detector of xbrain (Dyer et al., 2017,
@@ -15,6 +15,9 @@ Three methods are provided:
     :mod:`neuropipe.ops._blobs`): finds each cell at its own size, so it
     separates touching cells of mixed sizes where one sphere template
     splits the large ones and merges the small ones.
+``"learned"``
+    One cell per peak of the centre map a nuclei network trained on annotated cells
+    predicts (:mod:`neuropipe.ops.nuclei`): separates touching nuclei that show no seam.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import fftconvolve, oaconvolve
 
-from ._blobs import detect_blobs
+from ._blobs import detect_blobs, detect_centres
 from ._validate import (
     as_volume,
     check_fraction,
@@ -33,6 +36,7 @@ from ._validate import (
     check_nonnegative_int,
     check_positive,
     check_positive_int,
+    check_same_shape,
     check_voxel_size,
 )
 from .components import label_components
@@ -41,7 +45,7 @@ __all__ = ["DETECTION_METHODS", "Detections", "detect_cells"]
 
 logger = logging.getLogger(__name__)
 
-DETECTION_METHODS = ("spheres", "components", "blobs")
+DETECTION_METHODS = ("spheres", "components", "blobs", "learned")
 _PROB_TOLERANCE = 1e-6
 
 
@@ -55,7 +59,7 @@ class Detections:
         ZYX voxel coordinates of each detection.
     scores : ndarray of shape (N,), float64
         Detection score (sphere method: mean thresholded probability in the
-        ball; components and blobs methods: mean probability in the object).
+        ball; the other methods: mean probability in the object).
     labels : ndarray of shape (Z, Y, X), uint32
         Voxels of detection ``i`` carry id ``i + 1``; 0 elsewhere.
     voxel_counts : ndarray of shape (N,), int64
@@ -182,7 +186,7 @@ def _detect_components(prob, threshold, max_cells, min_voxels, voxel_size):
 
 
 def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, max_cells=500,
-                 voxel_size=None, method="spheres", min_voxels=10):
+                 voxel_size=None, method="spheres", min_voxels=10, centres=None):
     """Detect cells in a probability volume.
 
     ``method="spheres"`` (xbrain greedy sphere detection):
@@ -226,6 +230,13 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     view; for an elongated cell, its middle) and the score is the mean
     ``P`` of its voxels.  Touching cells of different sizes separate.
 
+    ``method="learned"``: ``P`` is the foreground probability and ``centres``
+    the centre map of :func:`~neuropipe.ops.predict_nuclei`.  Every local
+    maximum of ``centres`` of at least ``stop`` (0.3 to 0.6 suit) inside
+    ``P > threshold`` (holes filled), at least ``sphere_size / 4`` from a
+    stronger one, is a cell; the mask is shared out, cells dropped and kept
+    and centroids and scores computed as for blobs.
+
     Parameters
     ----------
     prob : array_like of shape (Z, Y, X), float
@@ -233,19 +244,22 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     threshold : float, optional
         Probability threshold in [0, 1].
     stop : float, optional
-        Minimum sphere score in [0, 1] (spheres only).
+        Minimum sphere score in [0, 1] (spheres), or centre-map peak (learned).
     sphere_size : float, optional
-        Ball diameter in voxels along the finest axis (spheres only).
+        Expected cell diameter in voxels along the finest axis (spheres: the
+        ball; blobs and learned: sets the scales and the peak separation).
     dilation : float, optional
         Extra diameter of the erased ball, >= 0 (spheres only).
     max_cells : int, optional
         Maximum number of detections, >= 1.
     voxel_size : sequence of 3 float, optional
         Physical (z, y, x) voxel size; ``None`` means isotropic.
-    method : {'spheres', 'components', 'blobs'}, optional
+    method : {'spheres', 'components', 'blobs', 'learned'}, optional
         Detection method. Default 'spheres' (xbrain).
     min_voxels : int, optional
-        Smallest object kept, in voxels (components and blobs methods).
+        Smallest object kept, in voxels (components, blobs and learned).
+    centres : array_like of shape (Z, Y, X), float, optional
+        Predicted centre map in [0, 1] (learned only, where it is required).
 
     Returns
     -------
@@ -258,8 +272,9 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     Raises
     ------
     ValueError
-        On an unknown ``method``, parameters out of range, or a ``prob``
-        that is not a finite, non-empty 3-D array with values in [0, 1].
+        On an unknown ``method``, parameters out of range, a ``prob`` (or
+        ``centres``) that is not a finite, non-empty 3-D array with values in
+        [0, 1], or ``centres`` missing for 'learned' or given to another method.
 
     Examples
     --------
@@ -270,7 +285,6 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     """
     if method not in DETECTION_METHODS:
         raise ValueError(f"method must be one of {DETECTION_METHODS}; got {method!r}")
-    prob = as_volume(prob, "prob")
     threshold = check_fraction("threshold", threshold)
     stop = check_fraction("stop", stop)
     sphere_size = check_positive("sphere_size", sphere_size)
@@ -278,18 +292,31 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     max_cells = check_positive_int("max_cells", max_cells)
     min_voxels = check_nonnegative_int("min_voxels", min_voxels)
     voxel_size = check_voxel_size(voxel_size)
-    lo, hi = float(prob.min()), float(prob.max())
-    if lo < -_PROB_TOLERANCE or hi > 1.0 + _PROB_TOLERANCE:
-        raise ValueError(f"prob must lie in [0, 1]; got values in [{lo}, {hi}]")
-    prob = np.clip(prob.astype(np.float64), 0.0, 1.0)
+    prob = _probability(prob, "prob")
+    if (centres is None) == (method == "learned"):
+        raise ValueError("centres (the centre map of predict_nuclei) is needed by method='learned' and only by it")
 
     if method == "spheres":
         result = _detect_spheres(prob, threshold, stop, sphere_size, dilation, max_cells, voxel_size)
     elif method == "components":
         result = _detect_components(prob, threshold, max_cells, min_voxels, voxel_size)
     else:
-        found = detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size)
+        if method == "blobs":
+            found = detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size)
+        else:
+            centres = _probability(centres, "centres")
+            check_same_shape(prob, centres, "prob", "centres")
+            found = detect_centres(prob, centres, threshold, stop, sphere_size, max_cells, min_voxels, voxel_size)
         result = _empty(prob.shape) if found is None else Detections(
             labels=found[0], centroids=found[1], scores=found[2], voxel_counts=found[3])
     logger.debug("detect_cells(%s): %d detections", method, result.count)
     return result
+
+
+def _probability(values, name):
+    """Return ``values`` as a float64 volume in [0, 1] (clipping rounding errors), or raise ValueError."""
+    values = as_volume(values, name)
+    lo, hi = float(values.min()), float(values.max())
+    if lo < -_PROB_TOLERANCE or hi > 1.0 + _PROB_TOLERANCE:
+        raise ValueError(f"{name} must lie in [0, 1]; got values in [{lo}, {hi}]")
+    return np.clip(values.astype(np.float64), 0.0, 1.0)

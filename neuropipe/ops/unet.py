@@ -8,21 +8,27 @@ normalisation and hyperparameters and serialises to bytes for a database.
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
-import io
 import logging
 import math
-import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ._network import UNet2d, pad_to_multiple
+from ._runtime import (
+    TrainedModel,
+    _autocast,
+    _keep_freed_memory,
+    _resolve_device,
+    _resolve_precision,
+    _stopping,
+    _threads,
+    load_model_bytes,
+    model_bytes,
+)
 from ._validate import (
     as_volume,
     check_nonnegative,
@@ -42,7 +48,7 @@ _LOG_SECONDS = 5.0
 
 
 @dataclass
-class MembraneModel:
+class MembraneModel(TrainedModel):
     """A trained membrane U-Net together with what is needed to apply it.
 
     Attributes
@@ -58,10 +64,6 @@ class MembraneModel:
         Training loss per iteration.
     """
 
-    network: UNet2d
-    hyperparameters: dict
-    history: list = field(default_factory=list)
-
     @property
     def mean(self):
         """Training-set intensity mean used for normalisation (float)."""
@@ -72,26 +74,6 @@ class MembraneModel:
         """Training-set intensity standard deviation used for normalisation (float)."""
         return float(self.hyperparameters["std"])
 
-    @property
-    def iterations(self):
-        """Number of training iterations run (int)."""
-        return len(self.history)
-
-    @property
-    def final_loss(self):
-        """Loss of the last training iteration (float; NaN without history)."""
-        return float(self.history[-1]) if self.history else math.nan
-
-    @property
-    def train_seconds(self):
-        """Wall-clock training time in seconds (float)."""
-        return float(self.hyperparameters.get("seconds", math.nan))
-
-    @property
-    def device(self):
-        """Device the model was trained on, e.g. ``'cpu'`` (str)."""
-        return str(self.hyperparameters.get("device", "cpu"))
-
     def to_bytes(self):
         """Serialise weights, hyperparameters and history with :func:`torch.save`.
 
@@ -101,16 +83,7 @@ class MembraneModel:
             Loadable with ``torch.load(..., weights_only=True)`` and by
             :meth:`from_bytes`.
         """
-        payload = {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "hyperparameters": dict(self.hyperparameters),
-            "history": [float(h) for h in self.history],
-            "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-        }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        return buffer.getvalue()
+        return model_bytes(_FORMAT, _FORMAT_VERSION, self.network, self.hyperparameters, self.history)
 
     @classmethod
     def from_bytes(cls, data):
@@ -130,19 +103,7 @@ class MembraneModel:
         ValueError
             If ``data`` is not a serialised membrane model of a known version.
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ValueError(f"data must be bytes; got {type(data).__name__}")
-        try:
-            payload = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several unrelated types on bad input
-            raise ValueError(f"data is not a serialised MembraneModel ({exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError("data is not a serialised MembraneModel (missing format tag)")
-        if payload.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"MembraneModel format version {payload.get('version')!r} is not supported; "
-                f"expected {_FORMAT_VERSION}"
-            )
+        payload = load_model_bytes(data, _FORMAT, _FORMAT_VERSION, cls.__name__)
         hp = payload["hyperparameters"]
         net = UNet2d(width=hp["width"], depth=hp["depth"], norm=hp["norm"], upsample=hp["upsample"],
                      in_channels=2 * hp.get("context", 0) + 1)
@@ -151,82 +112,10 @@ class MembraneModel:
         return cls(network=net, hyperparameters=dict(hp), history=list(payload["history"]))
 
 
-def _resolve_device(device):
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, (str, torch.device)):
-        return torch.device(device)
-    raise ValueError(f"device must be None, a str or a torch.device; got {device!r}")
-
-
-@contextmanager
-def _threads(num_threads):
-    """Set torch's intra-op thread count for the duration, if asked to."""
-    if num_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(check_positive_int("num_threads", num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-PRECISIONS = ("auto", "float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 NORMALISATIONS = ("stack", "slice")
 DEFAULT_VALIDATION = 2  # slices held out to choose the checkpoint, by default ...
 MIN_SLICES_TO_VALIDATE = 10  # ... where the stack has at least this many
-
-
-def _resolve_precision(precision, device):
-    """Return 'bfloat16' or 'float32': what ``precision`` means on ``device``.
-
-    'auto' takes bfloat16 autocast where the hardware computes it natively
-    (CUDA GPUs with bf16 support; CPUs with AVX512-BF16 or AMX, via oneDNN),
-    where it roughly doubles the throughput of the convolutions, and float32
-    elsewhere, where emulated bfloat16 would be slower than float32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bfloat16" if native else "float32"
-
-
-def _autocast(device, precision):
-    """Mixed-precision context for the network's forward pass (weights and loss stay float32)."""
-    if precision == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-@functools.cache
-def _keep_freed_memory():
-    """Stop glibc returning freed tensor memory to the kernel after every step.
-
-    Each training step allocates and frees the same large activation buffers;
-    with glibc's defaults they are mmap'd and unmapped every time, and the page
-    faults made about a fifth of the CPU time system time here.  Raising the
-    mmap and trim thresholds keeps them in the heap for reuse (measured 1.25x
-    steps per second on a 2-core CPU).  Process-wide; a no-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    kept = any(libc.mallopt(m_mmap_threshold, size) for size in (1 << 30, 32 << 20))
-    return kept and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def _training_data(images, labels):
@@ -301,14 +190,6 @@ def _sample_batch(rng, images, labels, slices, batch_size, side, context):
         xb[b] = _dihedral(images[_context(z, len(images), context), rows, columns], k)
         yb[b, 0] = _dihedral(labels[z, rows, columns], k)
     return torch.from_numpy(xb), torch.from_numpy(yb)
-
-
-def _stopping(iterations, minutes):
-    if iterations is None and minutes is None:
-        raise ValueError("give iterations and/or minutes to bound training; got neither")
-    iterations = math.inf if iterations is None else check_positive_int("iterations", iterations)
-    seconds = math.inf if minutes is None else 60.0 * check_positive("minutes", minutes)
-    return iterations, seconds
 
 
 def train_membrane(images, labels, *, iterations=None, minutes=None, device=None, seed=0, progress=True,
