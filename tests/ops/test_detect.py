@@ -143,7 +143,7 @@ def test_components_method_keeps_the_largest_in_label_order():
     "prob, kwargs, message",
     [
         (np.zeros((4, 4, 4)), {"method": "magic"},
-         r"method must be one of \('spheres', 'components', 'blobs'\); got 'magic'"),
+         r"method must be one of \('spheres', 'components', 'blobs', 'learned'\); got 'magic'"),
         (np.full((4, 4, 4), np.nan), {}, "64 NaN value"),
         (np.full((4, 4, 4), 1.5), {}, r"prob must lie in \[0, 1\]; got values in \[1.5, 1.5\]"),
         (np.zeros((4, 4)), {}, "ndim=2"),
