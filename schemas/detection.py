@@ -24,13 +24,14 @@ dj = import_datajoint()
 schema = dj.Schema()
 ON_MEMBRANE_MAPS = ("spheres", "components", "blobs")  # the methods DetectionBlock runs
 
+
 @schema
 class DetectionParams(ParamSet, dj.Lookup):
     """Keyword arguments of :func:`neuropipe.ops.detect_cells`, keyed by their hash."""
 
     key_name = "detection_id"
     kernel = staticmethod(ops.detect_cells)
-    not_params = ("voxel_size",)
+    not_params = ("voxel_size", "centres")
     rules = {
         "threshold": (fraction, "a probability in [0, 1]"),
         "stop": (fraction, "a probability in [0, 1]"),

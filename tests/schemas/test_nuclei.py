@@ -35,6 +35,7 @@ def register(pipeline, paths):
     return training, learned
 
 
+@pytest.mark.parametrize("settings", ["postgresql", "mysql"], indirect=True)  # the embedded server adds nothing here
 def test_a_model_trained_on_annotated_nuclei_detects_and_is_scored(pipeline, nuclei_files):
     nuclei = pipeline.nuclei
     training, learned = register(pipeline, nuclei_files)
