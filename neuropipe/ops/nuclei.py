@@ -150,7 +150,7 @@ def _normalise(image):
 
 
 def _crop_shape(side, spacing, multiple):
-    """Crop of ``side`` voxels of the finest axis (fewer along coarser axes), as multiples of ``multiple``."""
+    """Return a box of ``side`` voxels of the finest axis (fewer along coarser ones), in multiples of ``multiple``."""
     return tuple(max(m, int(round(side * min(spacing) / step)) // m * m) for step, m in zip(spacing, multiple))
 
 
@@ -332,7 +332,7 @@ def predict_nuclei(model, image, *, tile=96, device=None, precision="auto"):
     spacing = np.asarray(model.hyperparameters["spacing"], float)
     multiple = model.multiple
     margin = [int(math.ceil(_MARGIN / step)) for step in spacing]
-    shape = [max(m, int(round(check_positive_int("tile", tile) / step)) // m * m) for step, m in zip(spacing, multiple)]
+    shape = _crop_shape(check_positive_int("tile", tile), spacing, multiple)
     core = [max(1, s - 2 * g) for s, g in zip(shape, margin)]
     shape = [c + 2 * g for c, g in zip(core, margin)]
     shape = [-(-s // m) * m for s, m in zip(shape, multiple)]

@@ -201,9 +201,9 @@ def test_isbi_2012_held_out_pixel_error_meets_the_floor(isbi_path):
 
     data = np.load(isbi_path)
     image, membrane = data["image"], data["membrane"]
-    model = train_membrane(image[:20], membrane[:20], iterations=1000, minutes=15, seed=0, progress=False)
+    # A step budget, not a time budget: on a loaded machine the same 1000 steps take longer.
+    model = train_membrane(image[:20], membrane[:20], iterations=1000, seed=0, progress=False)
     error = pixel_scores(predict_membrane(model, image[20:30]), membrane[20:30]).pixel_error
-    assert model.iterations == 1000
     assert error <= 0.08, error  # a raw intensity threshold: 0.189
 
 
