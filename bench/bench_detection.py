@@ -14,7 +14,7 @@ The unsupervised methods run on the GMM map of the scored volume.  The learned m
 regime, on another volume of that regime (seed 10, twice as tall, its annotated nuclei), never on
 the scored one.
 
-    python bench/bench_detection.py [--seeds 0 1] [--learned-iterations 600]
+    python bench/bench_detection.py [--seeds 0 1] [--learned-iterations 2000]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), help="a subset of the regimes")
     parser.add_argument("--methods", nargs="+", default=list(SWEEPS), help="a subset of the methods")
-    parser.add_argument("--learned-iterations", type=int, default=600, help="training steps per regime")
+    parser.add_argument("--learned-iterations", type=int, default=2000, help="training steps per regime")
     args = parser.parse_args()
     volumes, learned = [], []
     for regime, options in ((name, REGIMES[name]) for name in args.regimes):
