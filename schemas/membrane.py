@@ -105,9 +105,7 @@ class MembraneModel(dj.Computed):
         image = np.asarray(Volume.open_image(key))
         membrane = np.asarray((AnnotationVolume & key).fetch1("membrane"))
         model = ops.train_membrane(image, membrane, **TrainingParams().fetch_params(key))
-        self.insert1(dict(key, model=model.to_bytes(), iterations=model.iterations,
-                          train_seconds=model.train_seconds, final_loss=model.final_loss,
-                          device=str(model.device)))
+        self.insert1(dict(key, **model.summary()))
 
 
 @schema

@@ -84,9 +84,7 @@ class NucleiModel(dj.Computed):
         cells = np.asarray((AnnotationVolume & key).fetch1("cells"))
         model = ops.train_nuclei(image, cells, voxel_size=_voxel_size(key),
                                  **NucleiTrainingParams().fetch_params(key))
-        self.insert1(dict(key, model=model.to_bytes(), iterations=model.iterations,
-                          train_seconds=model.train_seconds, final_loss=model.final_loss,
-                          device=str(model.device)))
+        self.insert1(dict(key, **model.summary()))
 
 
 @schema

@@ -60,6 +60,11 @@ class TrainedModel:
         """Device the model was trained on, e.g. ``'cpu'`` (str)."""
         return str(self.hyperparameters.get("device", "cpu"))
 
+    def summary(self):
+        """Return the model's bytes (``to_bytes``) and its training record, as a model table stores them."""
+        return dict(model=self.to_bytes(), iterations=self.iterations, train_seconds=self.train_seconds,
+                    final_loss=self.final_loss, device=self.device)
+
 
 def _resolve_device(device):
     if device is None:
