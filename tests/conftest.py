@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from neuropipe.config import Settings
@@ -155,3 +156,18 @@ def isbi_path() -> Path:
     if not ISBI.is_file():
         pytest.skip(f"ISBI 2012 stack not found at {ISBI} (it lives in the shared data folder beside the repo)")
     return ISBI
+
+
+@pytest.fixture
+def nuclei_files(tmp_path):
+    """Training, evaluation and empty volumes of touching nuclei (npz: image, cells) for the learned option."""
+    from neuropipe import ops
+
+    paths = {}
+    for name, seed in (("train", 1), ("eval", 2)):
+        sample = ops.make_nuclei((24, 48, 48), seed=seed, packing=0.75)
+        paths[name] = tmp_path / f"{name}.npz"
+        np.savez(paths[name], image=sample.image, cells=sample.nuclei)
+    paths["empty"] = tmp_path / "empty.npz"
+    np.savez(paths["empty"], image=sample.image, cells=np.zeros_like(sample.nuclei))
+    return paths

@@ -174,18 +174,19 @@ def scores(report: dict) -> str:
 
 
 def images(report: dict) -> str:
-    """Per dataset with a membrane map and detections: the middle slice, the map and the cells."""
+    """Per dataset with a membrane map or detections: the middle slice, the map and the cells, where made."""
     if not report["panels"]:
-        return _section("images", '<p class="note">No dataset has a membrane map and detections yet.</p>')
+        return _section("images", '<p class="note">No dataset has a membrane map or detections yet.</p>')
     content = ""
     for item in report["panels"]:
         result = item["result"]
         score = f", detection F1 {result.f1:.3f}" if result.f1 is not None else ""
+        found = (f"{result.cell_count} cells detected ({esc(result.detection_table)}){esc(score)}; detection "
+                 f"<code>{esc(json.dumps(result.labels, default=str))}</code>. " if result.labels is not None
+                 else "No detection yet. ")
         content += (f"<h3>{esc(result.dataset)}</h3>" + _img(item["plot"], f"{result.dataset} slices")
-                    + f'<p class="note">{result.cell_count} cells detected{esc(score)}; detection '
-                    f"<code>{esc(json.dumps(result.labels, default=str))}</code>. "
-                    f'<a href="{esc(item["link"])}">Open in Neuroglancer</a> (with <code>neuropipe view '
-                    f"{esc(result.dataset)}</code> running).</p>")
+                    + f'<p class="note">{found}<a href="{esc(item["link"])}">Open in Neuroglancer</a> (with '
+                    f"<code>neuropipe view {esc(result.dataset)}</code> running).</p>")
     if report["panels_left_out"]:
         content += f'<p class="note">{report["panels_left_out"]} more dataset(s) left out.</p>'
     return _section("images", content)

@@ -29,7 +29,7 @@ def planes(result, classes: dict) -> dict:
     if result.probability is not None:
         found["probability"] = _plane(_stored(classes["MembraneMap"], result.probability, "probability"), z, step)
     if result.labels is not None:
-        found["labels"] = _plane(_stored(classes["CellDetection"], result.labels, "labels"), z, step)
+        found["labels"] = _plane(_stored(classes[result.detection_table], result.labels, "labels"), z, step)
     return found
 
 
@@ -77,7 +77,8 @@ def _title(name: str, result, values) -> str:
     if name == "probability":
         return "membrane probability"
     shown = len(np.unique(values[values > 0])) if values is not None else 0
-    return f"cells: {shown} in this plane, {result.cell_count} in all"
+    learned = " (learned)" if result.detection_table == "NucleiDetection" else ""
+    return f"cells{learned}: {shown} in this plane, {result.cell_count} in all"
 
 
 def label_overlay(labels: np.ndarray, *, fill: float = 0.35) -> np.ndarray:

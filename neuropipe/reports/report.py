@@ -55,7 +55,7 @@ def gather(tables, *, port: int = neuroglancer.DEFAULT_PORT, host: str = "127.0.
     for entry in score_entries:
         entry["plot"] = plots.scores(entry)
     results = dataset_results(classes)
-    shown = [r for r in results if r.probability is not None and r.labels is not None]
+    shown = [r for r in results if r.probability is not None or r.labels is not None]
     served_at = neuroglancer.base_url(host, port)
     return dict(
         meta=_meta(tables, title),

@@ -1,9 +1,11 @@
 """The results of a dataset worth looking at: its volume, a membrane map and a detection.
 
-Where a dataset has several maps or detections (a parameter sweep), the detection with the
-best :class:`~schemas.metrics.DetectionMetrics` F1 is shown, with the map it was made from;
-without scores, the first in key order.  The report's image panels and ``neuropipe view``
-choose alike.
+Where a dataset has several maps or detections (a parameter sweep, the learned option beside
+the membrane chain), the detection with the best F1 is shown: of the membrane chain's
+(:class:`~schemas.metrics.DetectionMetrics`, with the map it was made from) and of the
+learned option's (:class:`~schemas.nuclei.NucleiMetrics`, with the first map); without
+scores, the first in key order, the membrane chain's first.  The report's image panels and
+``neuropipe view`` choose alike.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass
 
 from neuropipe.database import import_datajoint
 
+#: Detection tables whose labels can be shown, each with the table that scores it, by class name.
+DETECTIONS = (("CellDetection", "DetectionMetrics"), ("NucleiDetection", "NucleiMetrics"))
 #: Bundled tables a report draws images from, by class name.
-NAMES = ("Dataset", "Volume", "MembraneMap", "CellDetection", "DetectionMetrics")
+NAMES = ("Dataset", "Volume", "MembraneMap") + tuple(name for pair in DETECTIONS for name in pair)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,10 @@ class Result:
     volume : dict
         The ``Volume`` key.
     probability, labels : dict or None
-        Keys of the ``MembraneMap`` and ``CellDetection`` rows shown, where there are any.
+        Keys of the ``MembraneMap`` and detection rows shown, where there are any.
+    detection_table : str or None
+        The class name of the table ``labels`` is a key of: ``CellDetection`` or
+        ``NucleiDetection`` (the learned option).
     cell_count : int or None
     f1 : float or None
         The detection's best F1 against the annotation, where scored.
@@ -43,6 +50,7 @@ class Result:
     volume: dict
     probability: dict | None = None
     labels: dict | None = None
+    detection_table: str | None = None
     cell_count: int | None = None
     f1: float | None = None
 
@@ -89,16 +97,17 @@ def dataset_results(classes: dict, *, dataset: str | None = None, restriction: d
 
 
 def _chosen(classes: dict, key: dict, restriction: dict | None) -> dict:
-    maps, detections = classes.get("MembraneMap"), classes.get("CellDetection")
     chosen: dict = {}
-    if detections is not None:
-        rows = detections() & key & (restriction or {})
-        best = _best_detection(classes.get("DetectionMetrics"), rows)
-        if best is not None:
-            labels, count, f1 = best
-            chosen.update(labels=labels, cell_count=count, f1=f1)
+    found = [(name, _best_detection(classes.get(metrics), classes[name]() & key & (restriction or {})))
+             for name, metrics in DETECTIONS if name in classes]
+    found = [(name, best) for name, best in found if best is not None]
+    if found:  # the best score wins; unscored ones only where nothing is scored
+        name, (labels, count, f1) = max(found, key=lambda item: -1.0 if item[1][2] is None else item[1][2])
+        chosen.update(labels=labels, detection_table=name, cell_count=count, f1=f1)
+    maps = classes.get("MembraneMap")
     if maps is not None:
-        candidates = maps() & key & (restriction or {}) & _map_part(maps, chosen.get("labels"))
+        made_from = chosen.get("labels") if chosen.get("detection_table") == "CellDetection" else None
+        candidates = maps() & key & (restriction or {}) & _map_part(maps, made_from)
         keys = candidates.proj().to_dicts(order_by="KEY", limit=1)
         if keys:
             chosen["probability"] = keys[0]

@@ -69,7 +69,7 @@ def prepare(dataset: str, tables, cache, *, restriction: dict | None = None):
     reference = chunked if image is None else image
     sources = {"image": (open_stored(reference), reference, result.volume, "image")}
     for layer, table, attribute in (("probability", "MembraneMap", "probability"),
-                                    ("labels", "CellDetection", "labels")):
+                                    ("labels", result.detection_table, "labels")):
         key = getattr(result, layer)
         if key is not None:
             stored = (classes[table] & key).fetch1(attribute)

@@ -176,7 +176,7 @@ def test_report_and_viewer_on_a_real_run(environment, settings, tmp_path):
     assert all(attrs["src"].startswith("data:image/png;base64,") for attrs in images)
     best = (metrics.DetectionMetrics & {"dataset": "sample_eval"}).to_dicts(order_by="f1 DESC", limit=1)[0]
     cells = (detection.CellDetection & best).fetch1("cell_count")
-    assert f"{cells} cells detected, detection F1 {best['f1']:.3f}" in document
+    assert f"{cells} cells detected (CellDetection), detection F1 {best['f1']:.3f}" in document
 
     # Neuroglancer links to what `neuropipe view` serves.
     links = [attrs["href"] for tag, attrs in parsed.tags if tag == "a" and "neuroglancer" in attrs.get("href", "")]
@@ -327,7 +327,7 @@ def test_report_and_viewer_of_volumes_alone(pipeline, tmp_path):
     parsed.feed(document)
     assert parsed.row("Volume")[1:5] == ["1", "0", "0", "0"]
     assert "No scores yet (no metrics rows)." in document and "No failed jobs." in document
-    assert "No dataset has a membrane map and detections yet." in document
+    assert "No dataset has a membrane map or detections yet." in document
     assert "From job tables (server clock; no provenance records)." in document
     assert parsed.row(f"{platform.node()}:{os.getpid()}")[1] == "2"  # Volume and VolumeBlocks
     assert parsed.row("stack")[1:3] == ["20 x 40 x 50", "image"]

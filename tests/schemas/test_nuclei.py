@@ -3,23 +3,9 @@
 import numpy as np
 import pytest
 
-from neuropipe import ops
 from neuropipe.worker import pipeline_tables, run_worker
 
 LEARNED = dict(method="learned", threshold=0.5, stop=0.4, sphere_size=10)
-
-
-@pytest.fixture
-def nuclei_files(tmp_path):
-    """A training and an evaluation volume of touching nuclei, with their labels, and a volume with no nucleus."""
-    paths = {}
-    for name, seed in (("train", 1), ("eval", 2)):
-        sample = ops.make_nuclei((24, 48, 48), seed=seed, packing=0.75)
-        paths[name] = tmp_path / f"{name}.npz"
-        np.savez(paths[name], image=sample.image, cells=sample.nuclei)
-    paths["empty"] = tmp_path / "empty.npz"
-    np.savez(paths["empty"], image=sample.image, cells=np.zeros_like(sample.nuclei))
-    return paths
 
 
 def register(pipeline, paths):
