@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorstore
 
 from neuropipe.io.stored import open_stored
 from neuropipe.reports import images, viewer, write_report
@@ -46,8 +47,6 @@ def test_a_learned_detection_is_shown_where_it_is_the_best(pipeline, nuclei_file
 
     _, layers = viewer.prepare("eval", tables, tmp_path / "cache")
     assert layers == ("image", "labels")
-    import tensorstore
-
     served = tensorstore.open({"driver": "neuroglancer_precomputed",
                                "kvstore": f"file://{tmp_path}/cache/eval/labels"}).result()
     np.testing.assert_array_equal(np.asarray(served.read().result())[..., 0].transpose(2, 1, 0), stored)
