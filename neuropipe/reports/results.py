@@ -17,8 +17,6 @@ from neuropipe.database import import_datajoint
 
 #: Detection tables whose labels can be shown, each with the table that scores it, by class name.
 DETECTIONS = (("CellDetection", "DetectionMetrics"), ("NucleiDetection", "NucleiMetrics"))
-#: Bundled tables a report draws images from, by class name.
-NAMES = ("Dataset", "Volume", "MembraneMap") + tuple(name for pair in DETECTIONS for name in pair)
 
 
 @dataclass(frozen=True)
@@ -98,12 +96,14 @@ def dataset_results(classes: dict, *, dataset: str | None = None, restriction: d
 
 def _chosen(classes: dict, key: dict, restriction: dict | None) -> dict:
     chosen: dict = {}
-    found = [(name, _best_detection(classes.get(metrics), classes[name]() & key & (restriction or {})))
-             for name, metrics in DETECTIONS if name in classes]
-    found = [(name, best) for name, best in found if best is not None]
-    if found:  # the best score wins; unscored ones only where nothing is scored
-        name, (labels, count, f1) = max(found, key=lambda item: -1.0 if item[1][2] is None else item[1][2])
-        chosen.update(labels=labels, detection_table=name, cell_count=count, f1=f1)
+    candidates = []
+    for name, metrics in DETECTIONS:
+        best = _best_detection(classes.get(metrics), classes[name]() & key & (restriction or {})) \
+            if name in classes else None
+        if best is not None:
+            candidates.append(dict(labels=best[0], detection_table=name, cell_count=best[1], f1=best[2]))
+    if candidates:  # the best score wins (the first of equals); unscored ones only where nothing is scored
+        chosen.update(max(candidates, key=lambda found: -1.0 if found["f1"] is None else found["f1"]))
     maps = classes.get("MembraneMap")
     if maps is not None:
         made_from = chosen.get("labels") if chosen.get("detection_table") == "CellDetection" else None
