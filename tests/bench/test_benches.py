@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,3 +81,21 @@ def test_gpu_bench():
         assert worker["exit_codes"]["all"] != 0 and worker["made_by"]["all"] == 0
     else:
         assert worker["exit_codes"]["all"] == 0 and worker["made_by"]["all"] == worker["rows"]
+
+
+def test_scaling_rate_counts_the_window_where_all_workers_work():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from scaling import rate_while_all_work
+
+    seconds = np.timedelta64(1, "s")
+    base = np.datetime64("2026-01-01T00:00:00")
+    # worker 1 makes jobs in [0,1),[1,2),[2,3); worker 2 in [1,2),[2,3): both work over [1,3), 4 jobs there
+    start = base + np.array([0, 1, 2, 1, 2]) * seconds
+    end = base + np.array([1, 2, 3, 2, 3]) * seconds
+    rate, overlapped = rate_while_all_work(start, end, np.array([1, 1, 1, 2, 2]))
+    assert overlapped and rate == pytest.approx(2.0)
+    # worker 2 starts after worker 1 ends: no shared window, so the rate is over the whole run (3 jobs in 4 s)
+    start = base + np.array([0, 1, 3]) * seconds
+    end = base + np.array([1, 2, 4]) * seconds
+    rate, overlapped = rate_while_all_work(start, end, np.array([1, 1, 2]))
+    assert not overlapped and rate == pytest.approx(0.75)
