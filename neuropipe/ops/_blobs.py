@@ -15,7 +15,9 @@ voxel of the mask then goes to the cell whose peak is nearest relative to the ce
 (touching cells meet where their balls would, a large cell does not swallow a small one),
 and each cell is placed at the centroid of its voxels: the part of it in view, where an
 annotator marks a cell cut by the border, and the middle of an elongated cell whose peak
-lies off-centre.
+lies off-centre.  An elongated cell often holds two peaks, so two touching cells whose
+centroids are closer than ``MERGE`` of the expected diameter are then made one (each cell
+merges at most once, the closest pairs first).
 
 The ``"learned"`` method shares out its mask the same way; its seeds are the peaks of the
 centre map a nuclei network predicts (:mod:`neuropipe.ops.nuclei`).
@@ -40,6 +42,10 @@ BALL_RESPONSE = 0.925
 #: Weakest blob kept, as a fraction of ``BALL_RESPONSE``: nuclei in GMM maps of synthetic
 #: volumes peak at 0.33 or more, the ripples of a map of pure noise below 0.04.
 MIN_CONTRAST = 0.1
+#: Touching cells whose centroids are closer than this fraction of the expected diameter are one
+#: cell (0 merges none).  0.8 had the best mean F1 over the eight regimes of
+#: ``bench/bench_detection.py`` (0.944 against 0.932 without merging; 0.6 0.940, 0.9 0.940, 1.0 0.928).
+MERGE = 0.8
 #: Gaussian smoothing of the probability before it is thresholded into the mask, in voxels
 #: of the finest axis.
 MASK_SMOOTHING = 1.0
@@ -108,7 +114,11 @@ def detect_blobs(prob, threshold, sphere_size, max_cells, min_voxels, voxel_size
     seeds, sizes = blob_seeds(prob, mask, sphere_size / 2, spacing, max_cells)
     if not len(seeds):
         return None
-    return cells_from_seeds(mask, seeds, sizes, spacing, prob, min_voxels)
+    cells = cells_from_seeds(mask, seeds, sizes, spacing, prob, min_voxels)
+    if cells is None or not MERGE:
+        return cells
+    labels = merge_close_cells(cells[0], cells[1], spacing, MERGE * sphere_size)
+    return _describe(labels, prob)
 
 
 def cells_from_seeds(mask, seeds, sizes, spacing, prob, min_voxels):
@@ -125,8 +135,43 @@ def cells_from_seeds(mask, seeds, sizes, spacing, prob, min_voxels):
         return None
     lut = np.zeros(len(seeds) + 1, np.uint32)
     lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    labels = lut[labels]
-    counts = counts[keep].astype(np.int64)
+    return _describe(lut[labels], prob)
+
+
+def merge_close_cells(labels, centroids, spacing, distance):
+    """Return ``labels`` with touching cells whose centroids lie closer than ``distance`` made one.
+
+    ``distance`` is in voxels of the finest axis (``spacing`` relative to it).  Cells touch
+    where their voxels are face neighbours.  The closest pairs merge first and each cell
+    merges at most once; ids are renumbered 1..M in the order of the lower id of each pair.
+    """
+    pairs = set()
+    for axis in range(labels.ndim):
+        here = np.moveaxis(labels, axis, 0)
+        low, high = here[:-1].ravel(), here[1:].ravel()
+        touching = (low > 0) & (high > 0) & (low != high)
+        pairs.update(zip(np.minimum(low[touching], high[touching]).tolist(),
+                         np.maximum(low[touching], high[touching]).tolist()))
+    close = sorted((float(np.linalg.norm((centroids[a - 1] - centroids[b - 1]) * spacing)), a, b) for a, b in pairs)
+    lut = np.arange(len(centroids) + 1, dtype=np.uint32)
+    merged = set()
+    for gap, a, b in close:
+        if gap >= distance:
+            break
+        if a not in merged and b not in merged:
+            merged.update((a, b))
+            lut[b] = a
+    if not merged:
+        return labels
+    kept = np.unique(lut)
+    renumber = np.zeros(len(lut), np.uint32)
+    renumber[kept] = np.arange(len(kept), dtype=np.uint32)
+    return renumber[lut][labels]
+
+
+def _describe(labels, prob):
+    """Return (labels, centroids, scores, counts) of cells 1..N of ``labels``: centroid, mean ``prob``, size."""
+    counts = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)[1:].astype(np.int64)
     ids = np.arange(1, len(counts) + 1)
     centroids = np.asarray(ndimage.center_of_mass(np.ones(labels.shape), labels, ids), float).reshape(-1, 3)
     sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=len(ids) + 1)[1:]

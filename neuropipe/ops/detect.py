@@ -228,7 +228,10 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
     ``max_cells`` of the strongest are kept, the centroid is that of the
     cell's voxels (for a cell cut by the border, the centre of the part in
     view; for an elongated cell, its middle) and the score is the mean
-    ``P`` of its voxels.  Touching cells of different sizes separate.
+    ``P`` of its voxels.  Touching cells of different sizes separate.  Two
+    touching cells whose centroids are closer than 0.8 ``sphere_size`` are
+    then one (the two peaks of an elongated cell; each cell merges at most
+    once, closest pairs first), placed at the centroid of both.
 
     ``method="learned"``: ``P`` is the foreground probability and ``centres``
     the centre map of :func:`~neuropipe.ops.predict_nuclei`.  Every local

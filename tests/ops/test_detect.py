@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
-from neuropipe.ops import detect_cells, gmm_probability
+from neuropipe.ops import _blobs, detect_cells, gmm_probability
 
 
 def _ball(diameter, voxel_size=(1.0, 1.0, 1.0)):
@@ -204,6 +204,27 @@ def test_blobs_separate_touching_cells_of_different_sizes():
     assert found.count == 2
     np.testing.assert_allclose(found.centroids[np.argsort(found.centroids[:, 2])], centres, atol=1.0)
     assert sorted(found.voxel_counts) == pytest.approx([4 / 3 * np.pi * 4**3, 4 / 3 * np.pi * 8**3], rel=0.25)
+
+
+def test_blobs_make_one_cell_of_an_elongated_one(monkeypatch):
+    z, y, x = np.ogrid[:24, :24, :40]
+    prob = ((((z - 12) / 4) ** 2 + ((y - 12) / 4) ** 2 + ((x - 20) / 9) ** 2) <= 1).astype(float)
+    found = detect_cells(prob, method="blobs", threshold=0.5, sphere_size=10)
+    assert found.count == 1 and found.labels.max() == 1
+    np.testing.assert_allclose(found.centroids[0], (12, 12, 20), atol=0.5)
+    assert found.voxel_counts[0] == np.count_nonzero(found.labels)
+    monkeypatch.setattr(_blobs, "MERGE", 0.0)  # without merging, the two peaks of its ends are two cells
+    assert detect_cells(prob, method="blobs", threshold=0.5, sphere_size=10).count == 2
+
+
+def test_merging_joins_only_close_touching_cells_each_once():
+    labels = np.zeros((1, 1, 12), np.uint32)
+    labels[0, 0, :] = [1, 1, 2, 2, 3, 3, 0, 4, 4, 5, 5, 5]
+    centroids = np.array([(0, 0, 0.5), (0, 0, 2.5), (0, 0, 4.5), (0, 0, 7.5), (0, 0, 10.0)])
+    merged = _blobs.merge_close_cells(labels, centroids, np.ones(3), distance=2.6)
+    # 1-2 and 2-3 are 2 apart: 1-2 merges first, so 3 stays apart; 4 and 5 are 2.5 apart; all ids renumbered
+    assert merged[0, 0].tolist() == [1, 1, 1, 1, 2, 2, 0, 3, 3, 3, 3, 3]
+    assert _blobs.merge_close_cells(labels, centroids, np.ones(3), distance=2.0) is labels
 
 
 def test_blobs_keep_a_cell_cut_by_the_border():
