@@ -99,3 +99,11 @@ def test_scaling_rate_counts_the_window_where_all_workers_work():
     end = base + np.array([1, 2, 4]) * seconds
     rate, overlapped = rate_while_all_work(start, end, np.array([1, 1, 2]))
     assert not overlapped and rate == pytest.approx(0.75)
+
+
+def test_detection_bench():
+    result = run_bench("bench_detection.py", "--regimes", "small volume", "--seeds", "0", "1", "--methods", "blobs")
+    assert 0 < result["perfect_map_spheres"]["small volume"] <= 1
+    blobs = result["blobs"]
+    assert blobs["params"]["method"] == "blobs" and 0 < blobs["best_mean"]["small volume"] <= 1
+    assert blobs["held_out"]["small volume"] <= blobs["best_mean"]["small volume"]  # chosen elsewhere: no better
