@@ -103,7 +103,7 @@ def test_scaling_rate_counts_the_window_where_all_workers_work():
 
 def test_detection_bench():
     result = run_bench("bench_detection.py", "--regimes", "small volume", "--seeds", "0", "1", "--methods", "blobs")
-    assert 0 < result["perfect_map_spheres"]["small volume"] <= 1
+    assert "perfect_map_spheres" not in result  # the ceiling of spheres, swept only with them
     blobs = result["blobs"]
     assert blobs["params"]["method"] == "blobs" and 0 < blobs["best_mean"]["small volume"] <= 1
     assert blobs["held_out"]["small volume"] <= blobs["best_mean"]["small volume"]  # chosen elsewhere: no better
