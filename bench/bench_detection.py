@@ -133,11 +133,11 @@ def main() -> None:
         cube_f1 = ops.match_centroids(found.centroids, cube.centroids, radius=5).f1
         print(f"{method:<8} best mean F1 {np.mean(list(regimes.values())):.3f} ({_figures(regimes)}) with {params}; "
               f"sweep of {len(sweep)} in {swept:.0f} s; 128^3 map: {seconds:.2f} s, F1 {cube_f1:.3f}", flush=True)
-        if len(args.seeds) > 1:
-            chosen = held_out(scored)
+        chosen = held_out(scored) if len(args.seeds) > 1 else None
+        if chosen is not None:
             print(f"{method:<8} parameters chosen per regime on the other seeds: mean F1 "
                   f"{np.mean(list(chosen.values())):.3f} ({_figures(chosen)})", flush=True)
-        summary[method] = {"best_mean": regimes, "params": params, "held_out": chosen if len(args.seeds) > 1 else None,
+        summary[method] = {"best_mean": regimes, "params": params, "held_out": chosen,
                            "cube_f1": cube_f1, "cube_seconds": seconds}
     print(json.dumps(summary))
 

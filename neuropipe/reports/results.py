@@ -98,8 +98,9 @@ def _chosen(classes: dict, key: dict, restriction: dict | None) -> dict:
     chosen: dict = {}
     candidates = []
     for name, metrics in DETECTIONS:
-        best = _best_detection(classes.get(metrics), classes[name]() & key & (restriction or {})) \
-            if name in classes else None
+        if name not in classes:
+            continue
+        best = _best_detection(classes.get(metrics), classes[name]() & key & (restriction or {}))
         if best is not None:
             candidates.append(dict(labels=best[0], detection_table=name, cell_count=best[1], f1=best[2]))
     if candidates:  # the best score wins (the first of equals); unscored ones only where nothing is scored
