@@ -39,6 +39,7 @@ class TrainingParams(ParamSet, dj.Lookup):
         "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
         "warp": (non_negative, "a non-negative number"),
         "average": (lambda value: isinstance(value, (int, float)) and 0 <= value < 1, "a number in [0, 1)"),
+        "warmup": (lambda value: isinstance(value, (int, float)) and 0 <= value < 0.5, "a fraction in [0, 0.5)"),
         "context": (non_negative_int, "a non-negative number of slices"),
         "normalise": (lambda value: value in ops.NORMALISATIONS, "one of " + ", ".join(ops.NORMALISATIONS)),
     }

@@ -195,7 +195,7 @@ def _sample_batch(rng, images, labels, slices, batch_size, side, context):
 def train_membrane(images, labels, *, iterations=None, minutes=None, device=None, seed=0, progress=True,
                    width=16, depth=4, crop=128, batch_size=8, learning_rate=2e-3, norm="batch",
                    upsample="bilinear", num_threads=None, schedule="cosine", validation=None, balance=0.0,
-                   precision="auto", warp=0.0, average=0.0, context=0, normalise="slice"):
+                   precision="auto", warp=0.0, average=0.0, context=0, normalise="slice", warmup=0.0):
     """Train a 2-D U-Net to predict membrane probability.
 
     Each iteration draws ``batch_size`` random square crops (side
@@ -249,6 +249,10 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
         Learning rate over the budget: constant, or decayed to zero along a
         half cosine (progress measured against ``iterations`` or
         ``minutes``, whichever is nearer). Default 'cosine'.
+    warmup : float, optional
+        Fraction of the budget, in [0, 0.5), over which the learning rate
+        first rises linearly from zero to its peak (then follows
+        ``schedule``). Default 0 (no warm-up).
     balance : float, optional
         Class balancing of the loss, in [0, 1]: each class is weighted by
         ``(0.5 / its frequency) ** balance``. 0 (default) is plain
@@ -319,6 +323,7 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     """
     data, labels, mean, std = _training_data(images, labels)
     balance, average = _check_choices(schedule, normalise, balance, average)
+    warmup = _check_warmup(warmup)
     data = _normalise(data, mean, std, normalise == "slice")
     max_steps, max_seconds = _stopping(iterations, minutes)
     train_z, held_z = _hold_out(data.shape[0], validation)
@@ -347,9 +352,8 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     with _threads(num_threads):
         while not history or (len(history) < max_steps and time.perf_counter() - start < max_seconds):
             done = max(len(history) / max_steps, (time.perf_counter() - start) / max_seconds)
-            if schedule == "cosine":
-                for group in optimiser.param_groups:
-                    group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate * _rate_factor(done, schedule, warmup)
             if len(held_z) and done >= 0.1 * (len(checkpoints) + 1):
                 best = _checkpoint(kept, held_input, labels[held_z], device, precision, best, checkpoints)
             xb, yb = _sample_batch(rng, data, labels, train_z, batch_size, side, context)
@@ -381,8 +385,21 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
           "learning_rate": learning_rate, "seed": int(seed), "membrane_fraction": frac, "precision": precision,
           "device": str(device), "seconds": float(time.perf_counter() - start), "schedule": schedule,
           "validation_errors": [float(error) for error in checkpoints],
-          "warp": warp, "average": average, "context": context, "normalise": normalise}
+          "warp": warp, "average": average, "context": context, "normalise": normalise, "warmup": warmup}
     return MembraneModel(network=kept.eval(), hyperparameters=hp, history=history)
+
+
+def _rate_factor(done, schedule, warmup):
+    """Return the learning rate over its peak after ``done`` of the budget: a linear warm-up, then ``schedule``."""
+    factor = 0.5 * (1 + math.cos(math.pi * min(done, 1.0))) if schedule == "cosine" else 1.0
+    return factor * min(1.0, done / warmup) if warmup else factor
+
+
+def _check_warmup(warmup):
+    """Refuse a warm-up fraction outside [0, 0.5); return it as a float."""
+    if not isinstance(warmup, (int, float)) or not 0.0 <= float(warmup) < 0.5:
+        raise ValueError(f"warmup must be a fraction of the budget in [0, 0.5); got {warmup!r}")
+    return float(warmup)
 
 
 def _warp_batch(images, labels, rng, strength):

@@ -1,6 +1,7 @@
 """U-Net membrane training and prediction: learning, tiling, storage, determinism, bad input."""
 
 import io
+import math
 import time
 
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from neuropipe.ops import MembraneModel, make_sample, pixel_scores, predict_membrane, train_membrane
+from neuropipe.ops._network import UNet2d
+from neuropipe.ops.unet import _rate_factor
 
 TINY = dict(width=8, depth=2, crop=48, batch_size=4, progress=False)
 
@@ -147,10 +150,26 @@ def test_invalid_schedule_or_validation_is_refused(small, change, message):
                                              ({"warp": -1}, "warp must be"),
                                              ({"average": 1.0}, "average must be in"),
                                              ({"context": -1}, "context must be"),
-                                             ({"normalise": "global"}, "normalise must be")])
+                                             ({"normalise": "global"}, "normalise must be"),
+                                             ({"warmup": 0.5}, "warmup must be a fraction")])
 def test_invalid_precision_augmentation_or_context_is_refused(small, change, message):
     with pytest.raises(ValueError, match=message):
         train_membrane(small.image, small.membrane, iterations=1, progress=False, **change)
+
+
+def test_warmup_ramps_the_learning_rate_from_zero_then_follows_the_schedule(small):
+    assert _rate_factor(0.0, "cosine", 0.1) == 0.0
+    assert _rate_factor(0.05, "constant", 0.1) == pytest.approx(0.5)
+    assert _rate_factor(0.05, "cosine", 0.1) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert _rate_factor(0.5, "cosine", 0.1) == _rate_factor(0.5, "cosine", 0.0) == pytest.approx(0.5)
+    # the first step of a warm-up takes no step: the weights stay at their initialisation
+    still = train_membrane(small.image, small.membrane, iterations=1, warmup=0.2, **TINY)
+    moved = train_membrane(small.image, small.membrane, iterations=1, **TINY)
+    torch.manual_seed(0)  # the seed train_membrane initialises with
+    initial = UNet2d(width=TINY["width"], depth=TINY["depth"]).down[0][0].weight
+    assert torch.equal(still.network.down[0][0].weight.detach(), initial.detach())
+    assert not torch.equal(moved.network.down[0][0].weight.detach(), initial.detach())
+    assert still.hyperparameters["warmup"] == 0.2
 
 
 def test_bfloat16_predictions_agree_with_float32(model, small):
