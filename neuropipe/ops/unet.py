@@ -252,7 +252,8 @@ def train_membrane(images, labels, *, iterations=None, minutes=None, device=None
     warmup : float, optional
         Fraction of the budget, in [0, 0.5), over which the learning rate
         first rises linearly from zero to its peak (then follows
-        ``schedule``). Default 0 (no warm-up).
+        ``schedule``). Default 0 (no warm-up: 0.05 measured no better on
+        ISBI 2012, README).
     balance : float, optional
         Class balancing of the loss, in [0, 1]: each class is weighted by
         ``(0.5 / its frequency) ** balance``. 0 (default) is plain

@@ -230,18 +230,27 @@ def serve_dataset(dataset: str, tables, cache, *, host: str = "127.0.0.1", port:
 
 def view(dataset: str, tables, cache, *, host: str = "127.0.0.1", port: int = neuroglancer.DEFAULT_PORT,
          restriction: dict | None = None) -> int:
-    """Serve ``dataset``, print its Neuroglancer link and block until Ctrl-C or SIGTERM; return 0."""
+    """Serve ``dataset``, print its Neuroglancer link and block until Ctrl-C or SIGTERM; return 0.
+
+    In the main thread both signals only set an event that the serving loop checks, so they never
+    interrupt the server or a lock half-way (a ``KeyboardInterrupt`` can); the previous handlers
+    are restored on the way out.
+    """
     server, url = serve_dataset(dataset, tables, cache, host=host, port=port, restriction=restriction)
     stopping = threading.Event()
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda *_: stopping.set())
     print(f"serving {dataset} at {url}/{dataset}/ (from {Path(cache) / dataset}); Ctrl-C stops", flush=True)
     print(f"Neuroglancer: {server.link}", flush=True)
     try:
         while not stopping.wait(0.5):
             pass
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside the main thread Ctrl-C still arrives this way
         pass
     finally:
         server.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0

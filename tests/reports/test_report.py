@@ -232,7 +232,8 @@ def check_viewer(pipeline, cache: Path, best: dict) -> None:
 def check_view_command(settings) -> None:
     """`neuropipe view` serves from the store's cache, prints the link, and stops on Ctrl-C."""
     process = subprocess.Popen([sys.executable, "-m", "neuropipe.cli", "view", "sample_train", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT prints every thread
     watchdog = threading.Timer(120, process.kill)  # a hung command fails the test instead of stalling it
     watchdog.start()
     try:
@@ -246,8 +247,15 @@ def check_view_command(settings) -> None:
         assert (viewer.cache_folder(settings) / "sample_train" / "probability" / "info").is_file()
     finally:
         process.send_signal(signal.SIGINT)
-        status = process.wait(timeout=20)
-        watchdog.cancel()
+        try:
+            status = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=30)
+            pytest.fail("`neuropipe view` did not stop within 60 s of Ctrl-C; its threads:\n"
+                        + process.stderr.read()[-6000:])
+        finally:
+            watchdog.cancel()
     assert status == 0, process.stderr.read()[-3000:]
 
 
