@@ -44,8 +44,8 @@ BALL_RESPONSE = 0.925
 MIN_CONTRAST = 0.1
 #: Touching cells whose centroids are closer than this fraction of the expected diameter are one
 #: cell (0 merges none).  0.8 had the best mean F1 over the eight regimes of
-#: ``bench/bench_detection.py``, parameters chosen per regime on another seed (0.944 against
-#: 0.932 without merging; 0.6 0.940, 0.9 0.940, 1.0 0.928).
+#: ``bench/bench_detection.py --seeds 0 1 2 3``, parameters chosen per regime on the other seeds
+#: (0.946 against 0.936 without merging; 0.6 0.944, 1.0 0.925).
 MERGE = 0.8
 #: Gaussian smoothing of the probability before it is thresholded into the mask, in voxels
 #: of the finest axis.

@@ -247,8 +247,6 @@ def view(dataset: str, tables, cache, *, host: str = "127.0.0.1", port: int = ne
     try:
         while not stopping.wait(0.5):
             pass
-    except KeyboardInterrupt:  # outside the main thread Ctrl-C still arrives this way
-        pass
     finally:
         server.stop()
         for number, handler in previous.items():
