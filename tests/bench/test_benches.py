@@ -107,3 +107,12 @@ def test_detection_bench():
     blobs = result["blobs"]
     assert blobs["params"]["method"] == "blobs" and 0 < blobs["best_mean"]["small volume"] <= 1
     assert blobs["held_out"]["small volume"] <= blobs["best_mean"]["small volume"]  # chosen elsewhere: no better
+
+
+def test_merge_ceiling_bench():
+    result = run_bench("bench_merge_ceiling.py", "--regime", "small volume", "--seeds", "0", "--sizes", "8")
+    figures = result["8"]
+    assert 0 < figures["no_merging"] <= 1 and 0 < figures["default"] <= 1
+    # merging as the truth says beats any rule, up to a centroid the union moves out of reach
+    assert figures["oracle"] >= max(figures["no_merging"], figures["default"]) - 0.02
+    assert 0 <= figures["unseeded"] < 60
