@@ -18,7 +18,10 @@ import numpy as np
 
 from neuropipe import ops
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "isbi2012_train.npz"
+_ISBI = Path("data") / "isbi2012" / "isbi2012_train.npz"
+_BESIDE = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
+_INSIDE = Path(__file__).resolve().parents[1] / "shared"  # where it travels to a lent GPU machine (gpu_run.sh)
+DATA = next((folder for folder in (_BESIDE, _INSIDE) if (folder / _ISBI).is_file()), _BESIDE) / _ISBI
 
 
 def raw_threshold_error(image: np.ndarray, membrane: np.ndarray) -> float:
