@@ -22,7 +22,11 @@ grep -v '^#' bench/gpu_wheels.txt | while read -r requirement; do
     [ -n "$requirement" ] || continue
     if ! python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
             "${platforms[@]}" -d .whl "$requirement" 2>/dev/null; then
-        python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl "$requirement"  # a pure-Python sdist
+        # No wheel on the index (intern): build one here, which serves the image only if pure Python.
+        built=$(mktemp -d)
+        python3 -m pip wheel -q --no-deps --no-build-isolation -w "$built" "$requirement"
+        ls "$built"/*-none-any.whl > /dev/null 2>&1 || { echo "$requirement: no wheel for Python $version" >&2; exit 1; }
+        mv "$built"/*.whl .whl/
     fi
 done
 echo "$(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/ for Python $version"
