@@ -95,11 +95,13 @@ def write_source(path: Path, shape, tile=(32, 256, 256), distinct: int = 8) -> N
     """Write a zarr volume tiled with ``distinct`` synthetic EM-like samples (cycled: generating is slow)."""
     import zarr
 
-    samples = [ops.make_sample(tile, seed=seed, cell_diameter=14).image for seed in range(distinct)]
+    tile = tuple(min(t, s) for t, s in zip(tile, shape))
+    corners = list(np.ndindex(*[-(-s // t) for s, t in zip(shape, tile)]))
+    samples = [ops.make_sample(tile, seed=seed, cell_diameter=14).image for seed in range(min(distinct, len(corners)))]
     array = zarr.create_array(store=str(path), shape=shape, chunks=tile, dtype="uint8")
-    for index, corner in enumerate(np.ndindex(*[-(-s // t) for s, t in zip(shape, tile)])):
+    for index, corner in enumerate(corners):
         box = tuple(slice(c * t, min((c + 1) * t, s)) for c, t, s in zip(corner, tile, shape))
-        array[box] = samples[index % distinct][tuple(slice(0, b.stop - b.start) for b in box)]
+        array[box] = samples[index % len(samples)][tuple(slice(0, b.stop - b.start) for b in box)]
 
 
 def worker_env(settings: Settings, count: int) -> dict:

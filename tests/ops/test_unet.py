@@ -115,7 +115,7 @@ def test_invalid_prediction_input_is_refused(model):
 @pytest.mark.slow
 def test_slow_training_on_synthetic_sample_reaches_low_pixel_error_on_held_out_volume():
     train, held_out = make_sample(seed=0), make_sample(seed=1)
-    model = train_membrane(train.image, train.membrane, iterations=300, crop=64, progress=False)
+    model = train_membrane(train.image, train.membrane, iterations=150, crop=64, progress=False)
     scores = pixel_scores(predict_membrane(model, held_out.image), held_out.membrane)
     assert scores.pixel_error < 0.1
 

@@ -16,7 +16,7 @@ TABLES = ("Volume", "VolumeBlocks", "AnnotationVolume", "MembraneModel", "Membra
 
 @pytest.mark.slow
 def test_synthetic_sample_end_to_end(pipeline, settings, tmp_path):
-    plan = demo.sample_plan(tmp_path, iterations=150, minutes=1.0)
+    plan = demo.sample_plan(tmp_path, iterations=80, minutes=1.0)
     results = demo.run_demo(plan, settings, connection=pipeline.volume.schema.connection)
 
     assert results["failed"] == {}
