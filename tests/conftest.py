@@ -30,6 +30,20 @@ ISBI = SHARED_DATA / "isbi2012" / "isbi2012_train.npz"
 BACKENDS = ("postgresql", "mysql", "embedded")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, give each test process its share of the cores for torch.
+
+    Each process would otherwise start as many torch threads as the machine has cores, and
+    two training tests side by side would spin against each other.  Processes the tests
+    start (workers, benchmarks) choose their own threads.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def _address(variable: str, default: str) -> tuple[str, int]:
     host, _, port = os.environ.get(variable, default).rpartition(":")
     return host, int(port)
