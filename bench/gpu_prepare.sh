@@ -26,7 +26,7 @@ grep -v '^#' bench/gpu_wheels.txt | while read -r requirement; do
         built=$(mktemp -d)
         python3 -m pip wheel -q --no-deps --no-build-isolation -w "$built" "$requirement"
         ls "$built"/*-none-any.whl > /dev/null 2>&1 || { echo "$requirement: no wheel for Python $version" >&2; exit 1; }
-        mv "$built"/*.whl .whl/
+        mv "$built"/*.whl .whl/ && rmdir "$built"
     fi
 done
 echo "$(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/ for Python $version"

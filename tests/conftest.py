@@ -84,10 +84,15 @@ def neuropipe_home():
 
 @pytest.fixture(scope="session")
 def embedded_server(neuropipe_home):
-    """The embedded PostgreSQL of the test session, stopped at its end."""
-    from neuropipe.embedded import EmbeddedPostgres
+    """The embedded PostgreSQL of the test session, stopped at its end.
 
-    server = EmbeddedPostgres(neuropipe_home / "pgdata")
+    On a free port of its own rather than the preferred 54329: test processes running in
+    parallel each start one, and two could otherwise both find 54329 free and race for it.
+    """
+    from neuropipe.embedded import EmbeddedPostgres
+    from private_servers import free_port
+
+    server = EmbeddedPostgres(neuropipe_home / "pgdata", port=free_port())
     yield server
     server.stop()
 
