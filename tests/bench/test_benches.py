@@ -116,3 +116,4 @@ def test_merge_ceiling_bench():
     # merging as the truth says beats any rule, up to a centroid the union moves out of reach
     assert figures["oracle"] >= max(figures["no_merging"], figures["default"]) - 0.02
     assert 0 <= figures["unseeded"] < 60
+    assert figures["seeded_voxels"] > 0 and 0.5 < figures["seeded_prob"] <= 1  # the seeded nuclei lie in the mask
