@@ -6,9 +6,10 @@ rule, this says how much any rule could gain: the cells are found without mergin
 cell is joined with the others whose voxels lie mostly in the same true nucleus (and a cell
 lying mostly outside every nucleus is dropped).  What is left below 1 are nuclei that got no
 seed of their own (a merge cannot create one) and misplaced centroids.  Printed per seed and expected size (``sphere_size``): F1 without merging, with the
-default rule and with the oracle, and the nuclei without a cell of their own, with the median size
-(voxels) and mean probability of those and of the others (which nuclei the seeding misses); the
-means over the seeds end the output as one JSON line.
+default rule and with the oracle, and the nuclei without a cell of their own; the means over the
+seeds end the output as one JSON line, with the median size (voxels) and mean probability of the
+nuclei of all seeds that have no cell of their own and of the others (which nuclei the seeding
+misses).
 
     python bench/bench_merge_ceiling.py [--regime "elongated, irregular"] [--sizes 7 10] [--seeds 0 1 2 3]
 """
@@ -42,14 +43,20 @@ def majority_nucleus(cells, nuclei):
     return owner
 
 
-def nucleus_figures(sample, prob, seeded):
-    """Median voxel count and mean ``prob`` of the nuclei in ``seeded`` (ids) and of the others."""
+def nucleus_sizes(sample, prob, owner):
+    """Voxel count, mean ``prob`` and whether some cell lies mostly in it, per nucleus of ``sample``.
+
+    ``owner`` is :func:`majority_nucleus` of the cells.
+    """
     ids = np.arange(1, len(sample.centroids) + 1)
     voxels = np.bincount(sample.nuclei.ravel(), minlength=len(ids) + 1)[1:]
-    mean_prob = ndimage.mean(prob, sample.nuclei, ids)
-    has = np.isin(ids, seeded)
+    return voxels, ndimage.mean(prob, sample.nuclei, ids), np.isin(ids, owner[1:])
+
+
+def seeding_figures(voxels, mean_prob, seeded):
+    """Median voxels and mean probability of the nuclei with a cell of their own and of the others."""
     return {f"{name}_{figure}": float(fn(values[where])) if where.any() else float("nan")
-            for name, where in (("seeded", has), ("unseeded", ~has))
+            for name, where in (("seeded", seeded), ("unseeded", ~seeded))
             for figure, fn, values in (("voxels", np.median, voxels), ("prob", np.mean, mean_prob))}
 
 
@@ -89,12 +96,12 @@ def main() -> None:
             oracle = owner[unmerged]
             unseeded = len(sample.centroids) - np.count_nonzero(np.unique(owner[1:]))
             rows.append((f1_of(unmerged, sample), f1_of(default, sample), f1_of(oracle, sample), unseeded))
-            figures.append(nucleus_figures(sample, prob, owner[1:]))
+            figures.append(nucleus_sizes(sample, prob, owner))
             print(f"size {size:g} seed {seed}: no merging {rows[-1][0]:.3f}, default (MERGE {_blobs.MERGE}) "
                   f"{rows[-1][1]:.3f}, oracle {rows[-1][2]:.3f}; {unseeded} of {len(sample.centroids)} nuclei "
                   "without a cell of their own", flush=True)
         mean = np.mean(rows, axis=0)
-        nuclei = {key: float(np.nanmean([row[key] for row in figures])) for key in figures[0]}
+        nuclei = seeding_figures(*(np.concatenate(column) for column in zip(*figures)))
         print(f"size {size:g} mean: no merging {mean[0]:.3f}, default {mean[1]:.3f}, oracle {mean[2]:.3f}, "
               f"{mean[3]:.1f} nuclei a volume without a cell of their own (median {nuclei['unseeded_voxels']:.0f} "
               f"voxels, mean probability {nuclei['unseeded_prob']:.2f}; the others {nuclei['seeded_voxels']:.0f} "
