@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     stale.add_argument("--yes", action="store_true", help="with --recompute: do not ask before deleting")
     stale.set_defaults(command=_stale)
 
+    record = commands.add_parser("provenance", help="which code, parameters, worker and time made a table's rows")
+    record.add_argument("table", help="the table, e.g. DetectionMetrics")
+    record.add_argument("--key", type=json.loads, help='only rows matching this key, as JSON: \'{"dataset": "stack1"}\'')
+    record.add_argument("--limit", type=int, default=20, help="rows to show, in key order (default 20)")
+    record.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
+    record.set_defaults(command=_provenance)
+
     sweep = commands.add_parser("sweep", help="insert the parameter sets of a SABER-style sweep file")
     sweep.add_argument("file", help="YAML sweep file (see neuropipe/sweeps/spec.py)")
     sweep.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
@@ -323,6 +330,40 @@ def _stale(args) -> int:
     print("deleted " + ", ".join(f"{count} from {name}" for name, count in deleted.items()) +
           "; queued again for the workers")
     return 0
+
+
+def _provenance(args) -> int:
+    from neuropipe import provenance
+    from neuropipe.sweeps.scores import table_classes
+
+    tables = table_classes(_modules(args))
+    if args.table not in tables:
+        raise ConfigurationError(f"no table {args.table!r} in the pipeline; tables: {', '.join(sorted(tables))}")
+    table = tables[args.table]
+    query = table & args.key if args.key else table()
+    found = provenance.records(query, limit=args.limit)
+    current = provenance.code_hash(table)
+    for key, record in found:
+        print(f"{args.table} {json.dumps(key, default=str)}")
+        print("  " + (_describe_record(record, current) if record else
+                      f"{provenance.NO_RECORD}: made outside a neuropipe worker, by one run with --no-provenance, "
+                      "or made again since its record was written"))
+    total, shown = len(query), len(found)
+    recorded = sum(record is not None for _, record in found)
+    print(f"{total} row(s)" + (f", {shown} shown" if shown < total else "")
+          + f": {recorded} with their record, {shown - recorded} with {provenance.NO_RECORD}")
+    return 0
+
+
+def _describe_record(record: dict, current_code: str) -> str:
+    commit = record["git_commit"][:10] or "no git commit"
+    code = (f"code {record['code_hash'][:12]} ({'current' if record['code_hash'] == current_code else 'changed since'}; "
+            f"neuropipe {record['neuropipe_version']}, {commit}{' + local changes' if record['git_dirty'] else ''})")
+    made = (f"made by {record['host']}:{record['pid']} from {record['start_time']:%Y-%m-%d %H:%M:%S} UTC "
+            f"in {record['duration']:.2f} s (CPU {record['cpu_seconds']:.2f} s, peak {record['peak_rss_mb']:.0f} MB)")
+    inputs = ", ".join(f"{entry['table'].split('.')[-1].strip(chr(96) + chr(34))} {json.dumps(entry['key'])}"
+                       for entry in record["inputs"])
+    return f"{code}\n  settings {record['params_hash'][:12]}; inputs {inputs or '-'}\n  {made}"
 
 
 def _sweep(args) -> int:

@@ -158,6 +158,29 @@ def sql_value(value, connection):
     return value
 
 
+def key_in(connection, names, keys) -> tuple[str, list]:
+    """Return ``(names) IN ((...), ...)`` matching ``keys`` and its query arguments.
+
+    One statement for many keys, with every value a query argument (nothing spliced in).
+    """
+    quote = connection.adapter.quote_identifier
+    row = "(" + ", ".join(["%s"] * len(names)) + ")"
+    args = [sql_value(key[name], connection) for key in keys for name in names]
+    return f"({', '.join(quote(name) for name in names)}) IN ({', '.join([row] * len(keys))})", args
+
+
+def case_by_key(connection, names, keys, values) -> tuple[str, list]:
+    """Return a ``CASE`` expression that is ``values[i]`` on the row of ``keys[i]``, and its arguments.
+
+    With :func:`key_in`, sets a different value on each of many rows in one ``UPDATE``.
+    """
+    match = " AND ".join(f"{connection.adapter.quote_identifier(name)}=%s" for name in names)
+    args = []
+    for key, value in zip(keys, values):
+        args += [sql_value(key[name], connection) for name in names] + [value]
+    return "CASE " + " ".join([f"WHEN {match} THEN %s"] * len(keys)) + " END", args
+
+
 def insert_in_parts(table, rows, size: int = 5000) -> None:
     """Insert ``rows`` (any iterable, a generator best) ``size`` at a time.
 

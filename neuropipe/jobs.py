@@ -38,7 +38,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from neuropipe import failures, registry
-from neuropipe.database import import_datajoint, retrying_declaration, sql_value
+from neuropipe.database import case_by_key, import_datajoint, key_in, retrying_declaration
 from neuropipe.provenance import JobMeter, Recorder
 
 logger = logging.getLogger(__name__)
@@ -600,18 +600,11 @@ class JobQueue:
 
     def _key_in(self, keys) -> tuple[str, list]:
         """Return ``(key columns) IN ((...), ...)`` for ``keys`` and its query arguments."""
-        row = "(" + ", ".join(["%s"] * len(self.primary_key)) + ")"
-        args = [sql_value(key[name], self.connection) for key in keys for name in self.primary_key]
-        return f"({self._columns}) IN ({', '.join([row] * len(keys))})", args
+        return key_in(self.connection, self.primary_key, keys)
 
     def _case(self, keys, values) -> tuple[str, list]:
         """Return a CASE expression that is ``values[i]`` on the row of ``keys[i]``, and its arguments."""
-        q = self.quote
-        match = " AND ".join(f"{q(name)}=%s" for name in self.primary_key)
-        args = []
-        for key, value in zip(keys, values):
-            args += [sql_value(key[name], self.connection) for name in self.primary_key] + [value]
-        return "CASE " + " ".join([f"WHEN {match} THEN %s"] * len(keys)) + " END", args
+        return case_by_key(self.connection, self.primary_key, keys, values)
 
     def _mark_done(self, keys, connection, note: str) -> None:
         """Mark this worker's reservations of ``keys`` done (jobs whose rows exist already)."""

@@ -9,10 +9,11 @@ import os
 import resource
 import sys
 import time
+import uuid
 
-from neuropipe.database import sql_value
+from neuropipe.database import case_by_key, key_in, sql_value
 from neuropipe.provenance.code import code_hash, versions
-from neuropipe.provenance.sidecar import Sidecar
+from neuropipe.provenance.sidecar import ROW_ID, Sidecar
 
 TIERS = {"#": "lookup", "_": "imported", "__": "computed"}
 
@@ -54,6 +55,10 @@ class JobMeter:
 class Recorder:
     """Writes the provenance rows of one table: what is fixed per process is worked out once.
 
+    Each made row gets a fresh id in its table's hidden ``_row_id`` column and the same id in
+    its record (:mod:`~neuropipe.provenance.sidecar`): a record counts only while its row
+    carries its id, so it can never be taken for the record of a row made again later.
+
     Parameters
     ----------
     table_class : type
@@ -64,7 +69,7 @@ class Recorder:
 
     def __init__(self, table_class, worker: dict):
         table = table_class()
-        self.sidecar = Sidecar(table).ensure()  # declared now: never inside a job's transaction
+        self.sidecar = Sidecar(table).ensure().mark_target()  # DDL now: never inside a job's transaction
         self.connection = table.connection
         self.fixed = dict(code_hash=code_hash(table_class), **versions(), **worker)
         self.parents = upstream(table)
@@ -84,15 +89,22 @@ class Recorder:
     def row(self, key: dict, measured: dict, cache: dict | None = None) -> dict:
         """Return ``key``'s provenance row: one query per settings parent not in ``cache`` (a batch's)."""
         row = {name: key[name] for name in self.key_names}
-        row.update(self.fixed, **measured, params_hash=settings_hash(self.connection, self.parents, key, cache),
+        row.update(self.fixed, **measured, row_id=uuid.uuid4().hex, params_hash=settings_hash(self.connection, self.parents, key, cache),
                    inputs=json.dumps([dict(table=parent.name, key=parent.key_of(key)) for parent in self.parents]))
         return row
 
     def write_rows(self, rows: list[dict]) -> None:
-        """Insert (or replace) provenance rows with one ``INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE``.
+        """Give the rows of ``rows``' keys their ids, then insert (or replace) their records: two statements.
 
-        Plain SQL: a record left by a deleted row that is made again is replaced.
+        Call inside the job's transaction, after ``make()`` inserted the rows.  A record left
+        by a deleted row whose key is made again is replaced.
         """
+        keys = [{name: row[name] for name in self.key_names} for row in rows]
+        ids, id_args = case_by_key(self.connection, self.key_names, keys, [row["row_id"] for row in rows])
+        where, where_args = key_in(self.connection, self.key_names, keys)
+        self.connection.query(f"UPDATE {self.sidecar.target.full_table_name} "
+                              f"SET {self.connection.adapter.quote_identifier(ROW_ID)}={ids} WHERE {where}",
+                              args=(*id_args, *where_args))
         columns = list(rows[0])
         if len(rows) not in self._statements:
             quote = self.connection.adapter.quote_identifier

@@ -1,16 +1,34 @@
-"""The provenance sidecar: one hidden table per computed table, one row per computed row.
+"""The provenance sidecar: one hidden table per computed table, one record per computed row.
 
 ``~prov_<table>`` lives in the table's schema beside DataJoint's job table ``~~<table>``
-and, like it, has the table's primary key and no foreign key: the table's own definition is
-untouched, DataJoint's diagrams and deletes do not see it, and a natural join brings the
-two together::
+and, like it, has the table's primary key and no foreign key, so DataJoint's diagrams,
+deletes and drops do not see it.
 
-    MembraneMap * provenance.of(MembraneMap)          # DataJoint
-    SELECT * FROM membrane.membrane_map JOIN membrane."~prov_membrane_map" USING (dataset, ...)
+A record names the row it describes by the row's own id, not by its key alone.  A worker
+gives each row it makes a fresh random id in a hidden column of the table, ``_row_id``
+(hidden like DataJoint's own ``_job_start_time``: no query, fetch or insert sees it), and
+writes the same id into the record's ``row_id``, both in the transaction that inserts the
+row and marks its job done.  A record counts only where its row still carries its id:
 
-A worker writes the row in the transaction that inserts the computed row and marks its job
-done, so a row and its record exist together or not at all.  A record whose row was deleted
-is an orphan the join leaves out; remaking the row replaces it.
+- a row deleted in any way (``delete()``, DataJoint's cascade from an upstream row,
+  ``neuropipe stale --recompute``, plain SQL, a dropped table) takes its id with it, in the
+  same statement, so its record describes nothing from then on;
+- a row made again by anything but a neuropipe worker that keeps provenance (stock
+  ``populate()``, an insert by hand, a worker run with ``--no-provenance``) has no id, so
+  it has no record; a worker that makes it again writes a fresh id and a fresh record.
+
+Why an id rather than a foreign key with ``ON DELETE CASCADE``: DataJoint's dependency graph
+lists the sidecar as a child of its table on MySQL (diagrams then show it), and on PostgreSQL
+the constraint makes ``Table.drop()`` fail; and an id also tells apart a row that was
+replaced, which no key can.  Query the records through :func:`neuropipe.provenance.of`
+(DataJoint) or join on the id (SQL)::
+
+    MembraneMap * provenance.of(MembraneMap)
+    SELECT * FROM membrane.membrane_map AS m JOIN membrane."~prov_membrane_map" AS p
+        USING (dataset, ...) WHERE p.row_id = m._row_id
+
+Records that describe nothing any more are removed by :meth:`Sidecar.purge` (``neuropipe
+stale --recompute`` calls it) or replaced when a worker makes the row again.
 """
 
 from __future__ import annotations
@@ -19,8 +37,16 @@ from neuropipe.database import import_datajoint
 
 dj = import_datajoint()
 
+#: The hidden column of a computed table that holds the id of each row a worker made.
+ROW_ID = "_row_id"
+#: Its type: 32 hexadecimal digits (a random 128-bit id).
+ROW_ID_TYPE = "char(32)"
+#: What a row without a valid record shows in place of one (``neuropipe stale``, the report, the CLI).
+NO_RECORD = "no record"
+
 #: The columns of every sidecar after the primary key (DataJoint definition syntax).
 RECORD_DEFINITION = """
+    row_id = null      : char(32)         # the _row_id of the row described: the record counts only while they match
     code_hash          : char(32)         # md5 of the make() source and the project modules it uses
     neuropipe_version  : varchar(64)
     git_commit = ""    : varchar(40)      # commit of the work tree the code ran from ('' outside git)
@@ -41,7 +67,18 @@ RECORD_DEFINITION = """
 
 
 class Sidecar(dj.Table):
-    """The provenance sidecar of one auto-populated table (see the module docstring)."""
+    """The provenance sidecar of one auto-populated table (see the module docstring).
+
+    Parameters
+    ----------
+    target : table class or instance
+        The auto-populated table whose rows the records describe.
+
+    Notes
+    -----
+    The sidecar itself holds every record ever written, including those whose rows were
+    deleted or made again since; :meth:`valid` is the part that describes rows of today.
+    """
 
     def __init__(self, target):
         target = target() if isinstance(target, type) else target
@@ -81,14 +118,87 @@ class Sidecar(dj.Table):
              or f"{target.database}.{target.table_name}.{name}") for name in primary_key])
 
     def ensure(self) -> Sidecar:
-        """Declare the sidecar if it is not there yet (outside any transaction); return it."""
+        """Declare the sidecar if it is not there yet, or give an older one its ``row_id``; return it.
+
+        Both are DDL: call outside any transaction (a worker does, before its first job).
+        """
         if not self.is_declared:
             try:
                 self.declare()
             except dj.errors.DataJointError:
                 if not self.is_declared:  # not a concurrent worker's declaration
                     raise
+        elif not has_column(self, "row_id"):  # made before records named their rows: those cannot count
+            add_column(self, "row_id", "the _row_id of the row described: the record counts only while they match")
+            self._heading = dj.heading.Heading(table_info=dict(conn=self._connection, database=self.database,
+                                                               table_name=self._table_name, context=None))
         return self
+
+    def mark_target(self) -> Sidecar:
+        """Give the target table its hidden ``_row_id`` column where it has none yet; return the sidecar.
+
+        Rows already there keep no id (their records, if any, no longer count).  DDL on the
+        user's table, as DataJoint's own ``migrate.add_job_metadata_columns``: adding a
+        nullable column is a change of the catalogue only, on both servers.
+        """
+        if not has_column(self._target, ROW_ID):
+            add_column(self._target, ROW_ID, "neuropipe: the id of the row, written with its provenance record")
+        return self
+
+    def valid(self):
+        """Return the records whose rows still carry their ids: one per row a worker made, or none.
+
+        Returns
+        -------
+        datajoint.Table
+            The sidecar restricted to those records; join it with the target as any table.
+        """
+        if not has_column(self._target, ROW_ID) or not has_column(self, "row_id"):
+            return self & "1 = 0"  # no worker has recorded a row of today's table yet
+        return self.restrict(self._row_ids(), semantic_check=False)
+
+    def purge(self) -> int:
+        """Delete the records that describe no row any more; return how many.
+
+        A row's deletion already made its record void (:meth:`valid` leaves it out); this
+        reclaims the space and keeps plain-SQL counts of the sidecar honest.
+        """
+        if not self.is_declared:
+            return 0
+        void = "row_id IS NULL" + (f" OR NOT ({self._described()})" if has_column(self._target, ROW_ID) else "")
+        return self.connection.query(f"DELETE FROM {self.full_table_name} WHERE {void}").rowcount
+
+    def _row_ids(self):
+        """The target's keys and row ids, where a row has one (the id is hidden: read as an expression)."""
+        return (self._target & f"{ROW_ID} IS NOT NULL").proj(row_id=f"COALESCE({ROW_ID})")
+
+    def _described(self) -> str:
+        """The SQL condition of a record whose row, by key and id, is in the target."""
+        key = ", ".join(self.connection.adapter.quote_identifier(name) for name in self.primary_key)
+        return f"({key}, row_id) IN ({self._row_ids().make_sql()})"
+
+
+def has_column(table, column: str) -> bool:
+    """Return whether ``table`` (declared) has ``column``, hidden or not, as the server's catalogue says now."""
+    cursor = table.connection.query(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema=%s AND table_name=%s AND column_name=%s",
+        args=(table.database, table.table_name, column))
+    return bool(cursor.fetchone()[0])
+
+
+def add_column(table, column: str, comment: str) -> None:
+    """Add the nullable :data:`ROW_ID_TYPE` ``column`` to ``table``, unless a concurrent worker just did."""
+    quote = table.connection.adapter.quote_identifier
+    postgres = "postgres" in type(table.connection.adapter).__name__.lower()
+    comment_clause = "" if postgres else f" COMMENT '{comment}'"
+    try:
+        table.connection.query(f"ALTER TABLE {table.full_table_name} ADD COLUMN {quote(column)} {ROW_ID_TYPE} "
+                               f"NULL DEFAULT NULL{comment_clause}")
+        if postgres:
+            table.connection.query(f"COMMENT ON COLUMN {table.full_table_name}.{quote(column)} IS '{comment}'")
+    except Exception:
+        if not has_column(table, column):
+            raise
 
 
 def _definition(target) -> str:

@@ -5,12 +5,15 @@ A computed row is *stale* when
 - its table's code hash differs from the one recorded with it (``code changed``);
 - a Manual or Lookup row its key refers to (a dataset, a parameter set) was edited since
   (``settings changed``);
-- it has no provenance record (``no record``: made outside neuropipe's workers, or before
-  provenance was kept); or
+- it has no provenance record (``no record``: made outside neuropipe's workers or by one run
+  with ``--no-provenance``, before provenance was kept, or made again since its record was
+  written: a record only counts for the row it was written with, see
+  :mod:`~neuropipe.provenance.sidecar`); or
 - a row upstream of it is stale (``upstream: <Table>``).
 
 ``neuropipe stale`` lists them; ``--recompute`` deletes them with everything that depends
-on them (after showing what will go) and queues their keys again.
+on them (after showing what will go), removes the records that describe nothing any more,
+and queues their keys again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 from neuropipe.provenance.code import code_hash
 from neuropipe.provenance.record import row_hash, upstream
-from neuropipe.provenance.sidecar import Sidecar
+from neuropipe.provenance.sidecar import NO_RECORD, Sidecar
 
 
 @dataclass
@@ -82,17 +85,16 @@ def find_stale(tables, only=None) -> list[StaleRows]:
 def own_staleness(table) -> list[tuple[dict, str]]:
     """Return ``(key, reason)`` for the rows of ``table`` whose own code or settings changed."""
     instance = table()
-    sidecar = Sidecar(instance).ensure()
     primary = instance.primary_key
     recorded = {_frozen(row, primary): row for row in
-                (instance.proj() * sidecar.proj("code_hash", "params_hash")).to_dicts()}
+                (instance.proj() * Sidecar(instance).ensure().valid().proj("code_hash", "params_hash")).to_dicts()}
     current_code = code_hash(table)
     settings = _settings_hashes(instance)
     stale = []
     for row in instance.proj().to_dicts():
         record = recorded.get(_frozen(row, primary))
         if record is None:
-            stale.append((row, "no record"))
+            stale.append((row, NO_RECORD))
         elif record["code_hash"] != current_code:
             stale.append((row, "code changed"))
         elif record["params_hash"] != settings(row):
@@ -124,7 +126,7 @@ def _settings_hashes(table):
 
 
 def recompute(found: list[StaleRows], queue=None) -> dict:
-    """Delete the stale rows (with what depends on them) and queue their keys again.
+    """Delete the stale rows (with what depends on them), purge the void records, queue the keys again.
 
     Parameters
     ----------
@@ -145,6 +147,7 @@ def recompute(found: list[StaleRows], queue=None) -> dict:
         if rows is not None and len(rows):
             rows.delete(prompt=False)
     for stale in found:
+        Sidecar(stale.table).purge()
         (queue or _refresh)(stale.table)
     return deleted
 

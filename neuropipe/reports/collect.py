@@ -2,8 +2,10 @@
 
 Job times and resources come from the provenance sidecars (:mod:`neuropipe.provenance`): one
 record per made row with the worker's host and pid, its start and end (worker clock, UTC),
-wall and CPU seconds and peak memory.  Where no table has records (workers run with
-``--no-provenance``) the job tables' reservation times and durations stand in.
+wall and CPU seconds and peak memory.  Only records of the rows as they are now count: a row
+made again outside a worker has none (it is counted under "no record").  Where no table has
+records (workers run with ``--no-provenance``) the job tables' reservation times and
+durations stand in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import inspect
 import sys
 from collections import defaultdict
 
+from neuropipe import provenance
 from neuropipe.provenance import Sidecar
 
 #: Score columns plotted against parameters, where a table has them.
@@ -24,15 +27,14 @@ RESOURCES = ("duration", "cpu_seconds", "peak_rss_mb")
 def job_records(tables) -> list[dict]:
     """Return one record per made row: ``table``, ``worker`` (host:pid), ``start``, ``end`` and resources.
 
-    Provenance records of rows that were deleted since are left out.
+    Records of rows that were deleted or made again since are left out.
     """
     records = []
     for table in tables:
         sidecar = Sidecar(table)
         if not sidecar.is_declared:
             continue
-        rows = sidecar.restrict(table().proj(), semantic_check=False)
-        for row in rows.proj("host", "pid", "start_time", "end_time", *RESOURCES).to_dicts():
+        for row in sidecar.valid().proj("host", "pid", "start_time", "end_time", *RESOURCES).to_dicts():
             records.append(dict(table=table.__name__, worker=f"{row['host']}:{row['pid']}", start=row["start_time"],
                                 end=row["end_time"], clock="UTC", **{name: row[name] for name in RESOURCES}))
     return records or _job_table_records(tables)
@@ -51,6 +53,11 @@ def _job_table_records(tables) -> list[dict]:
                                 end=end, clock="server time", duration=float(row["duration"]), cpu_seconds=None,
                                 peak_rss_mb=None))
     return records
+
+
+def record_coverage(tables) -> dict:
+    """Return, per table class name, how many of its rows have no provenance record of their own."""
+    return {table.__name__: provenance.coverage(table)["no_record"] for table in tables}
 
 
 def worker_summary(records) -> list[dict]:

@@ -95,10 +95,16 @@ def progress(report: dict) -> str:
         total = sum(row[s] for s in states) or 1
         bar = "".join(f'<span class="{s}" style="width:{100 * row[s] / total:.2f}%"></span>' for s in states if row[s])
         rows.append([_td(row["table"])] + [_td(row[s], True) for s in states]
-                    + [f'<td><div class="bar">{bar}</div></td>', _td(" ".join(row["workers"]) or "-")])
+                    + [f'<td><div class="bar">{bar}</div></td>', _td(" ".join(row["workers"]) or "-"),
+                       _td(row["no_record"], True)])
     legend = "".join(f'<span class="{s}"></span>{s}' for s in states)
-    content = (_table(["table", *states, "", "running on"], rows, numeric=states)
-               + f'<p class="legend note">{legend}</p>')
+    unrecorded = sum(row["no_record"] for row in report["progress"])
+    content = (_table(["table", *states, "", "running on", "no record"], rows, numeric=(*states, "no record"))
+               + f'<p class="legend note">{legend}</p>'
+               + (f'<p class="note">{unrecorded} row(s) have no provenance record of their own (made outside a '
+                  "neuropipe worker, by one run with <code>--no-provenance</code>, or made again since): no code, "
+                  "parameters or worker can be shown for them; <code>neuropipe stale</code> lists them.</p>"
+                  if unrecorded else ""))
     if report["blocks"]:
         block_rows = [[_td(b["table"]), _td(b["dataset"]), _td(f"{b['done']}/{b['total']}", True),
                        _td(b["pending"], True), _td(b["running"], True), _td(b["error"], True)]

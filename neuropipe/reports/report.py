@@ -60,7 +60,7 @@ def gather(tables, *, port: int = neuroglancer.DEFAULT_PORT, host: str = "127.0.
     return dict(
         meta=_meta(tables, title),
         port=port,
-        progress=status.table_progress(tables),
+        progress=_with_coverage(status.table_progress(tables), collect.record_coverage(tables)),
         blocks=status.block_progress(tables),
         errors=status.failed_jobs(tables, tracebacks=True),
         workers=collect.worker_summary(records),
@@ -73,6 +73,10 @@ def gather(tables, *, port: int = neuroglancer.DEFAULT_PORT, host: str = "127.0.
         panels_left_out=max(0, len(shown) - MAX_PANELS),
         links=[dict(result=r, layers=_layers(r), link=_link(served_at, r)) for r in results],
     )
+
+
+def _with_coverage(progress: list[dict], no_record: dict) -> list[dict]:
+    return [dict(row, no_record=no_record.get(row["table"], 0)) for row in progress]
 
 
 def _layers(result) -> list[str]:
