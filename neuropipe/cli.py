@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
     record = commands.add_parser("provenance", help="which code, parameters, worker and time made a table's rows")
     record.add_argument("table", help="the table, e.g. DetectionMetrics")
-    record.add_argument("--key", type=json.loads, help='only rows matching this key, as JSON: \'{"dataset": "stack1"}\'')
+    record.add_argument("--key", type=json.loads,
+                        help='only rows matching this key, as JSON: \'{"dataset": "stack1"}\'')
     record.add_argument("--limit", type=int, default=20, help="rows to show, in key order (default 20)")
     record.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
     record.set_defaults(command=_provenance)
@@ -357,7 +358,8 @@ def _provenance(args) -> int:
 
 def _describe_record(record: dict, current_code: str) -> str:
     commit = record["git_commit"][:10] or "no git commit"
-    code = (f"code {record['code_hash'][:12]} ({'current' if record['code_hash'] == current_code else 'changed since'}; "
+    freshness = "current" if record["code_hash"] == current_code else "changed since"
+    code = (f"code {record['code_hash'][:12]} ({freshness}; "
             f"neuropipe {record['neuropipe_version']}, {commit}{' + local changes' if record['git_dirty'] else ''})")
     made = (f"made by {record['host']}:{record['pid']} from {record['start_time']:%Y-%m-%d %H:%M:%S} UTC "
             f"in {record['duration']:.2f} s (CPU {record['cpu_seconds']:.2f} s, peak {record['peak_rss_mb']:.0f} MB)")

@@ -67,3 +67,29 @@ def test_stale_lists_and_recomputes_rows_whose_settings_changed(environment, tmp
     assert (volume.Volume & {"dataset": "stack"}).fetch1("depth") == 2
     assert main(["stale", "--tables", "Volume"]) == 0
     assert "0 stale row(s)" in capsys.readouterr().out
+
+
+def test_provenance_shows_each_rows_record_or_no_record(environment, tmp_path, capsys):
+    """A row deleted and made again by stock ``populate()`` shows "no record", in every command that asks."""
+    volume = environment.volume
+    for name in ("first", "second"):
+        np.save(tmp_path / f"{name}.npy", np.arange(4 * 6 * 6, dtype=np.uint8).reshape(4, 6, 6))
+        volume.Dataset.insert1(dict(dataset=name, source=f"file://{tmp_path}/{name}.npy"))
+    assert main(["worker", "--tables", "Volume", "--max-idle", "0", "--heartbeat", "1"]) == 0
+    capsys.readouterr()
+    assert main(["provenance", "Volume"]) == 0
+    out = capsys.readouterr().out
+    assert "2 row(s): 2 with their record, 0 with no record" in out and "(current; neuropipe" in out
+
+    (volume.Volume & {"dataset": "first"}).delete(prompt=False)
+    volume.Volume.populate(reserve_jobs=True)  # stock DataJoint remakes it
+    assert main(["provenance", "Volume", "--key", json.dumps({"dataset": "first"})]) == 0
+    out = capsys.readouterr().out
+    assert 'Volume {"dataset": "first"}\n  no record: made outside a neuropipe worker' in out
+    assert "1 row(s): 0 with their record, 1 with no record" in out
+    assert main(["stale", "--tables", "Volume"]) == 0
+    assert "1 stale  (1 no record)" in capsys.readouterr().out
+    assert main(["report", "--tables", "Volume", "-o", str(tmp_path / "report.html")]) == 0
+    assert "1 row(s) have no provenance record" in (tmp_path / "report.html").read_text()
+    assert main(["provenance", "Nothing"]) == 2
+    assert "no table 'Nothing' in the pipeline" in capsys.readouterr().err

@@ -89,15 +89,22 @@ def test_sigterm_finishes_the_current_job_and_exits_0(toy, settings, tmp_path):
 
 @SERVERS
 def test_second_signal_stops_at_once_and_releases_the_job(toy, settings, tmp_path):
+    """Both signals land inside ``make()`` (a closed gate): the second rolls the job back and exits at once.
+
+    (Signalled as soon as the claim showed, a loaded machine could deliver the first signal
+    between the claim and ``make()``: the worker then rightly released the job and stopped
+    cleanly before the second.)
+    """
     toy.Item.insert1({"item": 7})
-    jobs = toy.Square().jobs
-    worker = worker_process(settings, tmp_path / "worker.log", TOY_DELAY=60)
-    wait_until(lambda: jobs.reserved, 30, "the job to start")
+    jobs = toy.Gated().jobs
+    (tmp_path / "7.gate").write_text("before-insert")
+    worker = worker_process(settings, tmp_path / "worker.log", tables=("Gated",), TOY_STATE=tmp_path)
+    wait_until(lambda: (tmp_path / "7.before-insert.arrived").exists(), 60, f"the job to start\n{logs(tmp_path)}")
     worker.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=15) != 0
-    assert len(toy.Square()) == 0
+    assert len(toy.Gated()) == 0
     assert jobs.fetch1("status") == "pending", logs(tmp_path)
 
 

@@ -89,7 +89,8 @@ class Recorder:
     def row(self, key: dict, measured: dict, cache: dict | None = None) -> dict:
         """Return ``key``'s provenance row: one query per settings parent not in ``cache`` (a batch's)."""
         row = {name: key[name] for name in self.key_names}
-        row.update(self.fixed, **measured, row_id=uuid.uuid4().hex, params_hash=settings_hash(self.connection, self.parents, key, cache),
+        row.update(self.fixed, **measured, row_id=uuid.uuid4().hex,
+                   params_hash=settings_hash(self.connection, self.parents, key, cache),
                    inputs=json.dumps([dict(table=parent.name, key=parent.key_of(key)) for parent in self.parents]))
         return row
 

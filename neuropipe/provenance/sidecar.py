@@ -169,11 +169,11 @@ class Sidecar(dj.Table):
         return self.connection.query(f"DELETE FROM {self.full_table_name} WHERE {void}").rowcount
 
     def _row_ids(self):
-        """The target's keys and row ids, where a row has one (the id is hidden: read as an expression)."""
+        """Return the target's keys and row ids, where a row has one (the id is hidden: read as an expression)."""
         return (self._target & f"{ROW_ID} IS NOT NULL").proj(row_id=f"COALESCE({ROW_ID})")
 
     def _described(self) -> str:
-        """The SQL condition of a record whose row, by key and id, is in the target."""
+        """Return the SQL condition of a record whose row, by key and id, is in the target."""
         key = ", ".join(self.connection.adapter.quote_identifier(name) for name in self.primary_key)
         return f"({key}, row_id) IN ({self._row_ids().make_sql()})"
 

@@ -19,6 +19,7 @@ SERVERS = pytest.mark.parametrize("settings", ["postgresql", "mysql"], indirect=
 
 @SERVERS
 def test_every_row_has_its_provenance(chain):
+    """Each row a worker makes has its record: code, versions, worker, times, resources, inputs."""
     (product, doubled), _, factor = chain
     tally = run_worker([product, doubled], max_idle=0)
     assert tally["Product"].made == 6 and tally["Doubled"].made == 6
@@ -45,6 +46,7 @@ def test_every_row_has_its_provenance(chain):
 
 @SERVERS
 def test_worker_without_provenance_writes_none(chain):
+    """A worker run with ``--no-provenance`` writes no records; its rows are stale for want of one."""
     (product, doubled), _, _ = chain
     run_worker([product], max_idle=0, provenance=False)
     assert len(product()) == 6 and len(provenance.of(product)) == 0
@@ -54,6 +56,7 @@ def test_worker_without_provenance_writes_none(chain):
 
 @SERVERS
 def test_stale_rows_and_recompute(chain):
+    """Edited settings and changed code make rows stale, and what depends on them; recompute remakes them."""
     (product, doubled), sample, factor = chain
     run_worker([product, doubled], max_idle=0)
     assert not any(rows.keys for rows in stale.find_stale([product, doubled]))

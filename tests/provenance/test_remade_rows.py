@@ -18,11 +18,12 @@ from neuropipe.worker import run_worker
 
 
 def recorded_keys(table) -> set:
-    """The keys of ``table``'s rows that show a record when joined with their provenance."""
+    """Return the keys of ``table``'s rows that show a record when joined with their provenance."""
     return {tuple(row.values()) for row in (table.proj() * provenance.of(table).proj()).to_dicts()}
 
 
 def stale_counts(tables) -> dict:
+    """Return what ``neuropipe stale`` finds: per table with stale rows, how many for each reason."""
     return {rows.name: rows.counts() for rows in stale.find_stale(tables) if rows.keys}
 
 
@@ -40,6 +41,7 @@ def raw_records(table) -> int:
 
 
 def test_deleted_rows_made_again_by_stock_populate_have_no_record(chain, tmp_path):
+    """Deleted by DataJoint, made again by stock populate(): no record; then recomputed by a worker: a fresh one."""
     (product, doubled), _, _ = chain
     run_worker([product, doubled], max_idle=0)
     deleted = {"sample": 0}
@@ -78,6 +80,7 @@ def test_deleted_rows_made_again_by_stock_populate_have_no_record(chain, tmp_pat
 
 
 def test_rows_deleted_by_cascade_from_an_edited_lookup_row_have_no_record(chain, tmp_path):
+    """A parameter set deleted (cascading to its results), edited, re-inserted, its rows remade by stock DataJoint."""
     (product, doubled), _, factor = chain
     run_worker([product, doubled], max_idle=0)
     (factor & {"factor_id": 2}).delete(prompt=False)  # cascades: three Product and three Doubled rows
@@ -98,6 +101,7 @@ def test_rows_deleted_by_cascade_from_an_edited_lookup_row_have_no_record(chain,
 
 
 def test_rows_made_again_without_provenance_have_no_record(chain, tmp_path):
+    """Rows remade by a worker run with ``--no-provenance`` do not take over the records of the rows before them."""
     (product, doubled), _, _ = chain
     run_worker([product, doubled], max_idle=0)
     (product & {"sample": 1}).delete(prompt=False)
@@ -112,6 +116,7 @@ def test_rows_made_again_without_provenance_have_no_record(chain, tmp_path):
 
 
 def test_rows_deleted_and_inserted_in_plain_sql_have_no_record(chain):
+    """Plain SQL deletes and an insert by hand: the old records void, then purged."""
     (product, doubled), _, _ = chain
     run_worker([product, doubled], max_idle=0)
     connection = product.connection
