@@ -68,7 +68,7 @@ max_jobs = int(sys.argv[3]) or None
 with open(sys.argv[4], 'w') as ready:  # this process's resident memory before its first job
     status = open('/proc/self/status').read()
     json.dump({'pid': os.getpid(), 'ready': int(status.split('VmRSS:')[1].split()[0]) * 1024}, ready)
-tally = run_worker(tables, max_idle=0 if max_jobs else 3, poll_seconds=0.5, heartbeat=2, max_jobs=max_jobs,
+tally = run_worker(tables, max_idle=0 if max_jobs else 3, poll=0.5, heartbeat=2, max_jobs=max_jobs,
                    restrictions=(json.loads(sys.argv[2]),) if sys.argv[2] != 'null' else ())
 assert not max_jobs or sum(t.made for t in tally.values()) == max_jobs, tally
 """

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from neuropipe.config import load_settings
 from neuropipe.errors import ConfigurationError, NeuropipeError
@@ -60,22 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="CPU worker processes on this machine (may exceed the CPU count for I/O-bound tables)")
     worker.add_argument("--gpus", default="none", metavar="SPEC",
                         help="'all', 'none' or device indices like 0,1: one worker process per GPU")
-    worker.add_argument("--heartbeat", type=float, default=10.0,
-                        help="seconds between heartbeats; silent for twice that = presumed dead (default 10)")
-    worker.add_argument("--poll", type=float, default=5.0, help="seconds between looks for new work (default 5)")
-    worker.add_argument("--max-idle", type=float, help="exit 0 after this many seconds without work")
-    worker.add_argument("--max-jobs", type=int, help="exit after this many jobs")
-    worker.add_argument("--max-retries", type=int, default=3, help="retries of a transiently failed job (default 3)")
-    worker.add_argument("--batch", type=int, default=None,
-                        help="jobs per transaction (default: from measured durations: 1 for jobs over 0.1 s, "
-                             "batches of about 0.5 s of work for shorter ones)")
-    worker.add_argument("--wait-for-database", type=float, default=300.0, metavar="SECONDS",
-                        help="at start, keep trying to reach the database this long (default 300)")
-    worker.add_argument("--reconnect-cap", type=float, default=30.0,
-                        help="longest wait in seconds between attempts to reach a database that is down (default 30)")
+    _add_worker_options(worker)
     worker.add_argument("--memory-gb", type=float, help="memory this worker offers (default: the host's)")
-    worker.add_argument("--no-provenance", dest="provenance", action="store_false",
-                        help="do not record each row's provenance (code, settings, time, memory)")
     worker.set_defaults(command=_worker)
 
     watch = commands.add_parser("watch", help="register new volumes in a folder or Boss collection as datasets")
@@ -173,7 +160,7 @@ def _demo(args) -> int:
     else:
         plan = demo.sample_plan(minutes=args.minutes or 0.5)
     results = demo.run_demo(plan, settings)
-    print(demo.format_results(results, settings))
+    print(demo.format_results(results))
     return 1 if results["failed"] else 0
 
 
@@ -182,6 +169,28 @@ def _add_pipeline_options(parser) -> None:
                         help="importable module of tables (repeatable; default: schemas)")
     parser.add_argument("--tables", action="append", metavar="PATTERN",
                         help="only tables whose name matches (repeatable), e.g. 'Membrane*'")
+
+
+def _add_worker_options(parser) -> None:
+    """Add a flag for each :class:`~neuropipe.worker.WorkerOptions` field, with its default and help."""
+    from neuropipe.worker import WorkerOptions
+
+    for option in WorkerOptions.flags():
+        flag = "--" + option.name.replace("_", "-")
+        if "bool" in str(option.type):
+            parser.add_argument(f"--no-{flag[2:]}", dest=option.name, action="store_false",
+                                help=option.metadata["help"])
+            continue
+        kind = int if "int" in str(option.type) else float
+        parser.add_argument(flag, type=kind, default=option.default, metavar=option.metadata.get("metavar"),
+                            help=option.metadata["help"])
+
+
+def _worker_options(args):
+    """Return the :class:`~neuropipe.worker.WorkerOptions` that ``neuropipe worker``'s flags give."""
+    from neuropipe.worker import WorkerOptions
+
+    return WorkerOptions.create(**{option.name: getattr(args, option.name) for option in WorkerOptions.flags()})
 
 
 def _pipeline(args):
@@ -206,7 +215,7 @@ def _modules(args):
 def _worker(args) -> int:
     from neuropipe import resources, supervisor
     from neuropipe.failures import keep_trying
-    from neuropipe.worker import Worker, WorkerOptions
+    from neuropipe.worker import Worker
 
     if args.gpus == "pinned":  # a supervisor's child, given one GPU
         gpus = [int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])]
@@ -219,9 +228,7 @@ def _worker(args) -> int:
             return supervisor.supervise(supervisor.plan_slots(_child_argv(args), args.processes if not gpus
                                                               or args.processes != 1 else 0, gpus))
     resources.limit_malloc_arenas()
-    options = WorkerOptions(heartbeat=args.heartbeat, poll=args.poll, max_idle=args.max_idle, max_jobs=args.max_jobs,
-                            max_retries=args.max_retries, batch=args.batch, reconnect_cap=args.reconnect_cap,
-                            wait_for_database=args.wait_for_database, provenance=args.provenance)
+    options = _worker_options(args)
     tables = keep_trying(lambda: _pipeline(args), patience=args.wait_for_database, cap=args.reconnect_cap,
                          what="at start")
     worker = Worker(tables, options, resources.local_resources(gpus, args.memory_gb))
@@ -233,14 +240,8 @@ def _child_argv(args) -> list[str]:
     """Return the options a supervisor passes on to each worker process."""
     argv = [f"--pipeline={name}" for name in args.pipeline or []]
     argv += [f"--tables={pattern}" for pattern in args.tables or []]
-    for option in ("heartbeat", "poll", "max_idle", "max_jobs", "max_retries", "batch", "wait_for_database",
-                   "reconnect_cap", "memory_gb"):
-        value = getattr(args, option)
-        if value is not None:
-            argv.append(f"--{option.replace('_', '-')}={value}")
-    if not args.provenance:
-        argv.append("--no-provenance")
-    return argv
+    argv += _worker_options(args).argv()
+    return argv + ([f"--memory-gb={args.memory_gb}"] if args.memory_gb is not None else [])
 
 
 def _watch(args) -> int:
@@ -446,7 +447,14 @@ def _db(args) -> int:
         server.stop()
         print("embedded PostgreSQL stopped")
     else:
-        print(server.status())
+        state = server.status()
+        if state["running"]:
+            print(f"embedded PostgreSQL running on 127.0.0.1:{state['port']} (pid {state['pid']}), "
+                  f"data in {state['data_dir']}")
+        else:
+            print(f"embedded PostgreSQL not running; data in {state['data_dir']}"
+                  + ("" if (Path(state["data_dir"]) / "PG_VERSION").is_file() else " (not created yet)")
+                  + "; `neuropipe db start` starts it")
     return 0
 
 

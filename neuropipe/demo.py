@@ -170,7 +170,7 @@ def collect_results(tables, restrictions, tally, seconds: float) -> dict:
     }
 
 
-def format_results(results: dict, settings: Settings) -> str:
+def format_results(results: dict) -> str:
     """Render demo results as the short text report the CLI prints."""
     lines = [f"Pipeline finished in {results['seconds']:.1f} s.", "", "Rows per table:"]
     lines += [f"  {name:<18} {count}" for name, count in results["rows"].items()]
@@ -189,11 +189,8 @@ def format_results(results: dict, settings: Settings) -> str:
         lines += ["", f"{table} failed:"] + [f"  {key}: {message}" for key, message in errors]
     lines += [
         "",
-        "Look further:",
-        "  neuropipe status                      # per table: done, pending, errors",
-        "  python -c 'import neuropipe, schemas; neuropipe.connect(); schemas.activate(\"%s\");"
-        " print(schemas.metrics.MembraneMetrics())'" % settings.schema_prefix,
-        "  tables: schemas.volume.Volume, schemas.membrane.MembraneMap, schemas.detection.CellDetection.Cell,",
-        "          schemas.metrics.MembraneMetrics, schemas.metrics.DetectionMetrics (and each table's .jobs)",
+        "Look further: neuropipe status, neuropipe report, neuropipe provenance DetectionMetrics; in a notebook:",
+        "  import neuropipe; neuropipe.connect()",
+        "  from schemas import metrics; metrics.DetectionMetrics()   # then neuropipe.populate() after inserting more",
     ]
     return "\n".join(lines)

@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import ModuleType
 
 from neuropipe import __version__, failures, registry
@@ -59,9 +59,19 @@ class TableTally:
     errors: list = field(default_factory=list)
 
 
+def _option(default, help: str, metavar: str | None = None):
+    """Declare a worker option: its default, and the help its command-line flag shows."""
+    return field(default=default, metadata={"help": help, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker behaves.
+    """How a worker behaves: declared once, for :class:`Worker`, ``neuropipe worker`` and :func:`neuropipe.populate`.
+
+    Each field is a keyword of :func:`neuropipe.populate` and :func:`run_worker` and a flag
+    of ``neuropipe worker`` (``max_idle`` is ``--max-idle``; the boolean ``provenance`` is
+    ``--no-provenance``), with the help text given here; :meth:`argv` gives the flags back,
+    for worker processes a supervisor starts.
 
     Attributes
     ----------
@@ -82,8 +92,6 @@ class WorkerOptions:
         one at a time, each visible as ``reserved`` while it runs, until jobs prove shorter
         than 0.1 s, then batches of about 0.5 s of work committed once
         (:meth:`~neuropipe.jobs.JobQueue.run_batch`).  1 always claims jobs one by one.
-    restrictions : tuple
-        Restrictions of every table's ``key_source``.
     reconnect_cap : float
         Longest wait, in seconds, between attempts to reach a database that is down
         (the waits start at 1 s and double).
@@ -92,29 +100,65 @@ class WorkerOptions:
     provenance : bool
         Record each row's provenance (code, settings, worker, time, CPU, memory) in the
         table's sidecar (:mod:`neuropipe.provenance`); on by default.
+    restrictions : tuple
+        Restrictions of every table's ``key_source`` (not a flag: given in Python only).
     """
 
-    heartbeat: float = 10.0
-    poll: float = 5.0
-    max_idle: float | None = None
-    max_jobs: int | None = None
-    max_retries: int = 3
-    retry_backoff: float = 2.0
-    batch: int | None = None
-    restrictions: tuple = ()
-    reconnect_cap: float = 30.0
-    wait_for_database: float = 300.0
-    provenance: bool = True
+    heartbeat: float = _option(10.0, "seconds between heartbeats; silent for twice that = presumed dead (default 10)")
+    poll: float = _option(5.0, "seconds between looks for new work (default 5)")
+    max_idle: float | None = _option(None, "exit 0 after this many seconds without work (0: drain once)")
+    max_jobs: int | None = _option(None, "exit after this many jobs")
+    max_retries: int = _option(3, "retries of a transiently failed job (default 3)")
+    retry_backoff: float = _option(2.0, "seconds before the first retry of a transient failure, doubled for "
+                                        "each further one (default 2)")
+    batch: int | None = _option(None, "jobs per transaction (default: from measured durations: 1 for jobs over "
+                                      "0.1 s, batches of about 0.5 s of work for shorter ones)")
+    reconnect_cap: float = _option(30.0, "longest wait in seconds between attempts to reach a database that is "
+                                         "down (default 30)")
+    wait_for_database: float = _option(300.0, "at start, keep trying to reach the database this long (default 300)",
+                                       metavar="SECONDS")
+    provenance: bool = _option(True, "do not record each row's provenance (code, settings, time, memory)")
+    restrictions: tuple = field(default=(), metadata={"flag": False})
+
+    def __post_init__(self):
+        object.__setattr__(self, "restrictions", tuple(self.restrictions))
+
+    @classmethod
+    def flags(cls) -> list:
+        """Return the fields that are command-line flags, in declaration order."""
+        return [option for option in fields(cls) if option.metadata.get("flag", True)]
+
+    @classmethod
+    def create(cls, **options) -> WorkerOptions:
+        """Return options from keywords, naming a keyword that is none (e.g. a misspelt ``max_idel``)."""
+        known = {option.name for option in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown worker option(s) {', '.join(unknown)}; the options are "
+                            f"{', '.join(sorted(known))}")
+        return cls(**options)
+
+    def argv(self) -> list[str]:
+        """Return the ``neuropipe worker`` flags that give these options (those that differ from the defaults)."""
+        argv = []
+        for option in self.flags():
+            value = getattr(self, option.name)
+            if value == option.default:
+                continue
+            flag = "--" + option.name.replace("_", "-")
+            argv.append(f"--no-{flag[2:]}" if value is False else f"{flag}={value}")
+        return argv
 
 
 def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
-    """Import pipeline modules by name and make sure their schemas are bound.
+    """Import pipeline modules (by name, or given as modules) and make sure their schemas are bound.
 
     A module (or package) that exposes ``activate(prefix, connection)``, as the bundled
     ``schemas`` does, is activated with ``prefix``; a plain user module that binds its own
     schemas at import time is used as it is.
     """
-    modules = [retrying_declaration(importlib.import_module, name) for name in names]
+    modules = [name if isinstance(name, ModuleType) else retrying_declaration(importlib.import_module, name)
+               for name in names]
     for module in modules:
         if callable(getattr(module, "activate", None)) and prefix is not None:
             retrying_declaration(module.activate, prefix)
@@ -144,12 +188,18 @@ def pipeline_tables(modules, patterns=()) -> list[type]:
                 and _matches(obj, patterns)
             ):
                 classes[obj.full_table_name] = obj
-    if not classes:
+    return upstream_first(classes.values())
+
+
+def upstream_first(tables) -> list[type]:
+    """Return the table classes ``tables`` in dependency order: each after the tables it depends on."""
+    tables = list(tables)
+    if not tables:
         return []
-    connection = next(iter(classes.values())).connection
+    connection = tables[0].connection
     connection.dependencies.load()
     order = {name: index for index, name in enumerate(connection.dependencies.topo_sort())}
-    return sorted(classes.values(), key=lambda cls: order.get(cls.full_table_name, len(order)))
+    return sorted(tables, key=lambda cls: order.get(cls.full_table_name, len(order)))
 
 
 def _matches(cls, patterns) -> bool:
@@ -163,16 +213,13 @@ def _expand(modules):
         yield from getattr(module, "MODULES", ())
 
 
-def run_worker(tables, *, max_idle: float | None = None, poll_seconds: float = 5.0, max_jobs: int | None = None,
-               restrictions=(), **options) -> dict[str, TableTally]:
+def run_worker(tables, **options) -> dict[str, TableTally]:
     """Serve ``tables`` with a :class:`Worker` in this process; return its tallies.
 
-    ``max_idle=0`` drains the graph once and returns (the demo and notebooks do this).
-    Further keyword arguments are :class:`WorkerOptions` fields.
+    Keyword arguments are :class:`WorkerOptions` fields: ``max_idle=0`` drains the graph
+    once and returns.  :func:`neuropipe.populate` is the notebook's way to the same loop.
     """
-    settings = WorkerOptions(poll=poll_seconds, max_idle=max_idle, max_jobs=max_jobs,
-                             restrictions=tuple(restrictions), **options)
-    return Worker(tables, settings).serve()
+    return Worker(tables, WorkerOptions.create(**options)).serve()
 
 
 class Worker:
@@ -192,9 +239,11 @@ class Worker:
     prefix unless it is bound already, on the tables' connection.
     """
 
-    def __init__(self, tables, options: WorkerOptions = WorkerOptions(), resources: Resources | None = None):
+    def __init__(self, tables, options: WorkerOptions = WorkerOptions(), resources: Resources | None = None,
+                 progress=None):
         self.tables = list(tables)
         self.options = options
+        self.progress = progress  # called with the tallies after each job or batch (a notebook's progress line)
         self.resources = resources or local_resources()
         self.identity = Identity(uuid.uuid4().hex, platform.node(), os.getpid(), f"neuropipe {__version__}")
         self.tally = {table.__name__: TableTally(table.__name__) for table in self.tables}
@@ -371,6 +420,7 @@ class Worker:
             if elapsed > LONG_JOB_SECONDS:
                 return_free_memory()
             self._heartbeat.current = ("", None)
+        self._show_progress()
 
     def _batch_size(self, queue: JobQueue) -> int:
         """Return how many jobs of ``queue`` to make in the next transaction (within ``max_jobs``)."""
@@ -415,7 +465,12 @@ class Worker:
                         len(outcome.skipped), elapsed)
         if elapsed > LONG_JOB_SECONDS:
             return_free_memory()
+        self._show_progress()
         return outcome.claimed > 0
+
+    def _show_progress(self) -> None:
+        if self.progress is not None:
+            self.progress(self.tally)
 
     def _release_held(self) -> None:
         for queue in {id(q): q for q, _ in self._held}.values():

@@ -197,7 +197,7 @@ def test_a_paused_worker_that_lost_its_job_creates_no_duplicate_or_error(toy, se
 def test_a_cpu_worker_leaves_gpu_tables_alone(toy, settings):
     toy.Item.insert([{"item": i} for i in range(3)])
     tables = [toy.Square, toy.GpuSquare]
-    run_worker(tables, max_idle=0, poll_seconds=0.1)
+    run_worker(tables, max_idle=0, poll=0.1)
     assert len(toy.Square()) == 3 and len(toy.GpuSquare()) == 0
     assert not toy.GpuSquare().jobs.reserved and not toy.GpuSquare().jobs.completed
     Worker(tables, WorkerOptions(max_idle=0, poll=0.1), Resources(gpus=(0,), memory_gb=8)).serve()
@@ -210,7 +210,7 @@ def test_transient_failures_are_retried_with_backoff(toy, settings, tmp_path, mo
     monkeypatch.setenv("TOY_FLAKY_FAILURES", "2")
     toy.Item.insert1({"item": 1})
     start = time.monotonic()
-    run_worker([toy.Flaky], max_idle=3, poll_seconds=0.05, retry_backoff=0.5)
+    run_worker([toy.Flaky], max_idle=3, poll=0.05, retry_backoff=0.5)
     assert toy.Flaky.fetch1("attempts") == 3
     assert time.monotonic() - start >= 0.5 + 1.0  # backoff 0.5 s, then 1 s
     failures = registry.Failure.to_dicts(order_by="attempt")
@@ -224,7 +224,7 @@ def test_a_job_that_keeps_failing_transiently_gives_up(toy, settings, tmp_path, 
     monkeypatch.setenv("TOY_STATE", str(tmp_path))
     monkeypatch.setenv("TOY_FLAKY_FAILURES", "99")
     toy.Item.insert1({"item": 2})
-    run_worker([toy.Flaky], max_idle=2, poll_seconds=0.05, retry_backoff=0.1, max_retries=2)
+    run_worker([toy.Flaky], max_idle=2, poll=0.05, retry_backoff=0.1, max_retries=2)
     job = toy.Flaky().jobs.fetch1()
     assert job["status"] == "error" and job["error_message"].startswith("gave up after 3 attempts: TimeoutError")
     assert len(registry.Failure()) == 3
@@ -233,7 +233,7 @@ def test_a_job_that_keeps_failing_transiently_gives_up(toy, settings, tmp_path, 
 @SERVERS
 def test_a_permanent_error_is_recorded_once_and_can_be_retried(toy, settings):
     toy.Item.insert([{"item": toy_pipeline.UNLUCKY}, {"item": 4}])
-    tally = run_worker([toy.Square], max_idle=1, poll_seconds=0.05, retry_backoff=0.05)
+    tally = run_worker([toy.Square], max_idle=1, poll=0.05, retry_backoff=0.05)
     assert tally["Square"].made == 1 and tally["Square"].failed == 1
     failed = status.failed_jobs([toy.Square], tracebacks=True)
     assert len(failed) == 1 and failed[0]["attempts"] == 1

@@ -210,7 +210,7 @@ def test_a_connection_dropped_mid_download_is_retried_then_reported(pipeline, mo
         volume = pipeline.volume
         volume.Dataset.insert1(dict(dataset="flaky", source="bossdb://lab/exp/em"))
         server.fail_next(2, "drop")  # one block dropped twice: the job fails once, its retry succeeds
-        serve = dict(max_idle=1, poll_seconds=0.1, max_retries=1, retry_backoff=0.1)  # waits for the retries
+        serve = dict(max_idle=1, poll=0.1, max_retries=1, retry_backoff=0.1)  # waits for the retries
         first = run_worker(pipeline_tables([volume]), **serve)
         volume.Dataset.insert1(dict(dataset="gone", source="bossdb://lab/exp/em"))
         server.fail_next(50, "drop")  # every try of both attempts
