@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from neuropipe import failures, registry
 from neuropipe.database import case_by_key, import_datajoint, key_in, retrying_declaration
 from neuropipe.provenance import JobMeter, Recorder
+from neuropipe.provenance.sidecar import ROW_ID
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
@@ -382,7 +383,7 @@ class JobQueue:
                 HOLDINGS.add(name, self.batch_keys)
             outcome.claimed = len(self.batch_keys)
             timings, records = self._make_batch(table, keep_going, outcome)
-            self._complete_batch(table, timings, made=len(outcome.done))
+            self._complete_batch(table, timings, made=len(outcome.done), records=records)
             if records:
                 self.recorder.write_rows(records)
             self.connection.commit_transaction()
@@ -492,6 +493,7 @@ class JobQueue:
         """
         table = self.table()
         start = time.time()
+        records = []
         try:
             self._begin()
             if self._keys_with_rows([key], self.connection):
@@ -499,10 +501,11 @@ class JobQueue:
             else:
                 meter = JobMeter()
                 _call_make(table, key, make_kwargs, self.identity.version)
-                if self.recorder:
-                    self.recorder.write(key, meter.finish())
+                records = [self.recorder.row(key, meter.finish())] if self.recorder else []
                 outcome = "done"
-            self._complete_batch(table, [(key, start, time.time() - start)], made=outcome == "done")
+            self._complete_batch(table, [(key, start, time.time() - start)], made=outcome == "done", records=records)
+            if outcome == "done" and records:
+                self.recorder.write_rows(records)
             self.connection.commit_transaction()
         except dj.errors.DuplicateError:
             self._rollback()
@@ -563,11 +566,13 @@ class JobQueue:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _complete_batch(self, table, timings: list, made: int) -> None:
-        """Within the jobs' transaction: each job's metadata and 'success', in one statement per table.
+    def _complete_batch(self, table, timings: list, made: int, records=()) -> None:
+        """Within the jobs' transaction: stamp the made rows, then mark each job 'success', one statement each.
 
         ``timings`` holds (key, start, duration) per job; the first ``made`` were made here
-        (the rest were found made already: no metadata of theirs is written).
+        (the rest were found made already: nothing of theirs is stamped).  ``records`` are
+        the made rows' provenance records, in the same order: their ids go into the rows'
+        ``_row_id`` in the same ``UPDATE`` as DataJoint's job metadata.
         """
         if not timings:
             return
@@ -575,16 +580,8 @@ class JobQueue:
         keys = [key for key, _, _ in timings]
         durations, duration_args = self._case(keys, [duration for _, _, duration in timings])
         where, where_args = self._key_in(keys)
-        if made and table._has_job_metadata_attrs():
-            made_keys = keys[:made]
-            starts, start_args = self._case(made_keys, [datetime.datetime.fromtimestamp(start)
-                                                        for _, start, _ in timings[:made]])
-            made_durations, made_args = self._case(made_keys, [duration for _, _, duration in timings[:made]])
-            made_where, made_where_args = self._key_in(made_keys)
-            self.connection.query(
-                f"UPDATE {table.full_table_name} SET _job_start_time={starts}, _job_duration={made_durations}, "
-                f"_job_version=%s WHERE {made_where}",
-                args=(*start_args, *made_args, self.identity.version[:64], *made_where_args))
+        if made:
+            self._stamp_rows(table, timings[:made], records)
         owner = (self.identity.host, self.identity.pid)
         if self.connection._config.jobs.keep_completed:
             cursor = self.connection.query(
@@ -597,6 +594,28 @@ class JobQueue:
         if cursor.rowcount != len(keys):
             logger.warning("%s: %d of %d reservations were taken back meanwhile; their rows stand",
                            self.name, len(keys) - cursor.rowcount, len(keys))
+
+    def _stamp_rows(self, table, timings: list, records) -> None:
+        """Write the made rows' hidden columns in one ``UPDATE``: DataJoint's job metadata, and provenance ids.
+
+        The job metadata (``_job_start_time``, ``_job_duration``, ``_job_version``) where the
+        table has it (``jobs.add_job_metadata``); the ids of ``records`` where there are any.
+        """
+        keys = [key for key, _, _ in timings]
+        assignments, args = [], []
+        if table._has_job_metadata_attrs():
+            starts, start_args = self._case(keys, [datetime.datetime.fromtimestamp(start) for _, start, _ in timings])
+            durations, duration_args = self._case(keys, [duration for _, _, duration in timings])
+            assignments += [f"_job_start_time={starts}", f"_job_duration={durations}", "_job_version=%s"]
+            args += [*start_args, *duration_args, self.identity.version[:64]]
+        if records:
+            ids, id_args = self._case(keys, [record["row_id"] for record in records])
+            assignments.append(f"{self.quote(ROW_ID)}={ids}")
+            args += id_args
+        if assignments:
+            where, where_args = self._key_in(keys)
+            self.connection.query(f"UPDATE {table.full_table_name} SET {', '.join(assignments)} WHERE {where}",
+                                  args=(*args, *where_args))
 
     def _key_in(self, keys) -> tuple[str, list]:
         """Return ``(key columns) IN ((...), ...)`` for ``keys`` and its query arguments."""

@@ -11,9 +11,9 @@ import sys
 import time
 import uuid
 
-from neuropipe.database import case_by_key, key_in, sql_value
+from neuropipe.database import sql_value
 from neuropipe.provenance.code import code_hash, versions
-from neuropipe.provenance.sidecar import ROW_ID, Sidecar
+from neuropipe.provenance.sidecar import Sidecar
 
 TIERS = {"#": "lookup", "_": "imported", "__": "computed"}
 
@@ -55,9 +55,10 @@ class JobMeter:
 class Recorder:
     """Writes the provenance rows of one table: what is fixed per process is worked out once.
 
-    Each made row gets a fresh id in its table's hidden ``_row_id`` column and the same id in
-    its record (:mod:`~neuropipe.provenance.sidecar`): a record counts only while its row
-    carries its id, so it can never be taken for the record of a row made again later.
+    Each record gets a fresh ``row_id``, which the job queue writes into its row's hidden
+    ``_row_id`` column in the same transaction (:mod:`~neuropipe.provenance.sidecar`): a
+    record counts only while its row carries its id, so it can never be taken for the record
+    of a row made again later.
 
     Parameters
     ----------
@@ -76,10 +77,6 @@ class Recorder:
         self.key_names = list(self.sidecar.primary_key)
         self._statements = {}  # rows per statement -> SQL
 
-    def write(self, key: dict, measured: dict) -> None:
-        """Insert (or replace) ``key``'s provenance row; call inside the job's transaction."""
-        self.write_rows([self.row(key, measured)])
-
     def prefetch(self, keys: list[dict], cache: dict) -> None:
         """Read the settings rows of many jobs' keys into ``cache``, one query per settings parent."""
         for parent in self.parents:
@@ -95,17 +92,12 @@ class Recorder:
         return row
 
     def write_rows(self, rows: list[dict]) -> None:
-        """Give the rows of ``rows``' keys their ids, then insert (or replace) their records: two statements.
+        """Insert (or replace) provenance rows with one ``INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE``.
 
-        Call inside the job's transaction, after ``make()`` inserted the rows.  A record left
-        by a deleted row whose key is made again is replaced.
+        Call inside the job's transaction; the job queue writes each row's ``row_id`` into
+        the made row in the same transaction (:meth:`~neuropipe.jobs.JobQueue.run`).  A record
+        left by a deleted row whose key is made again is replaced.
         """
-        keys = [{name: row[name] for name in self.key_names} for row in rows]
-        ids, id_args = case_by_key(self.connection, self.key_names, keys, [row["row_id"] for row in rows])
-        where, where_args = key_in(self.connection, self.key_names, keys)
-        self.connection.query(f"UPDATE {self.sidecar.target.full_table_name} "
-                              f"SET {self.connection.adapter.quote_identifier(ROW_ID)}={ids} WHERE {where}",
-                              args=(*id_args, *where_args))
         columns = list(rows[0])
         if len(rows) not in self._statements:
             quote = self.connection.adapter.quote_identifier

@@ -87,8 +87,7 @@ class Sidecar(dj.Table):
         self.database = target.database
         self._table_name = f"~prov_{target.table_name.lstrip('_#~')}"
         self._definition = _definition(target)
-        self._heading = dj.heading.Heading(table_info=dict(conn=self._connection, database=self.database,
-                                                           table_name=self._table_name, context=None))
+        self._heading = self._fresh_heading()
         self._support = [self.full_table_name]
 
     @property
@@ -130,9 +129,13 @@ class Sidecar(dj.Table):
                     raise
         elif not has_column(self, "row_id"):  # made before records named their rows: those cannot count
             add_column(self, "row_id", "the _row_id of the row described: the record counts only while they match")
-            self._heading = dj.heading.Heading(table_info=dict(conn=self._connection, database=self.database,
-                                                               table_name=self._table_name, context=None))
+            self._heading = self._fresh_heading()
         return self
+
+    def _fresh_heading(self):
+        """Return a heading that reads the sidecar's columns from the server when first used."""
+        return dj.heading.Heading(table_info=dict(conn=self._connection, database=self.database,
+                                                  table_name=self._table_name, context=None))
 
     def mark_target(self) -> Sidecar:
         """Give the target table its hidden ``_row_id`` column where it has none yet; return the sidecar.
