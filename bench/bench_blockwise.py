@@ -57,7 +57,8 @@ import schemas
 from neuropipe import registry, resources
 from neuropipe.config import load_settings
 from neuropipe.database import connect
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 resources.limit_malloc_arenas()
 settings = load_settings()
 connection = connect(settings)
@@ -176,7 +177,7 @@ def recorded_peaks(tables, pid: int) -> dict:
     """Return, per table, the largest per-job peak RSS (bytes) that worker ``pid`` recorded in its provenance."""
     import schemas
     from neuropipe import provenance
-    from neuropipe.worker import pipeline_tables
+    from neuropipe.pipeline import pipeline_tables
 
     return {table.__name__: int(max((provenance.of(table) & {"pid": pid}).to_arrays("peak_rss_mb"), default=0) * 1e6)
             for table in pipeline_tables([schemas], tables)}
@@ -196,7 +197,8 @@ def register_volume_and_model(settings: Settings, folder: Path, source: str, mod
     """
     import schemas
     from neuropipe import registry
-    from neuropipe.worker import pipeline_tables, run_worker
+    from neuropipe.pipeline import pipeline_tables
+    from neuropipe.worker import run_worker
 
     connection = connect(settings)
     schemas.activate(settings.schema_prefix, connection)

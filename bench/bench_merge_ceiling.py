@@ -5,7 +5,8 @@ cells whose centroids are close (``neuropipe.ops._blobs.MERGE``).  Before trying
 rule, this says how much any rule could gain: the cells are found without merging, then every
 cell is joined with the others whose voxels lie mostly in the same true nucleus (and a cell
 lying mostly outside every nucleus is dropped).  What is left below 1 are nuclei that got no
-seed of their own (a merge cannot create one) and misplaced centroids.  Printed per seed and expected size (``sphere_size``): F1 without merging, with the
+seed of their own (a merge cannot create one) and misplaced centroids.  Printed per seed and expected size
+(``sphere_size``): F1 without merging, with the
 default rule and with the oracle, and the nuclei without a cell of their own; the means over the
 seeds end the output as one JSON line, with the median size (voxels) and mean probability of the
 nuclei of all seeds that have no cell of their own and of the others (which nuclei the seeding

@@ -195,7 +195,7 @@ def _worker_options(args):
 
 def _pipeline(args):
     """Connect, bind the registry and the pipeline modules; return the selected tables."""
-    from neuropipe.worker import pipeline_tables
+    from neuropipe.pipeline import pipeline_tables
 
     return pipeline_tables(_modules(args), args.tables or ())
 
@@ -204,7 +204,7 @@ def _modules(args):
     """Connect, bind the registry and the pipeline modules; return the modules."""
     from neuropipe import registry
     from neuropipe.database import connect, retrying_declaration
-    from neuropipe.worker import load_pipeline
+    from neuropipe.pipeline import load_pipeline
 
     settings = load_settings()
     connection = connect(settings)
@@ -246,8 +246,8 @@ def _child_argv(args) -> list[str]:
 
 def _watch(args) -> int:
     from neuropipe.database import connect
+    from neuropipe.pipeline import load_pipeline
     from neuropipe.watch import watch
-    from neuropipe.worker import load_pipeline
 
     settings = load_settings()
     connect(settings)
@@ -336,7 +336,7 @@ def _stale(args) -> int:
 
 def _provenance(args) -> int:
     from neuropipe import provenance
-    from neuropipe.sweeps.scores import table_classes
+    from neuropipe.pipeline import table_classes
 
     tables = table_classes(_modules(args))
     if args.table not in tables:
@@ -392,7 +392,7 @@ def _sweep(args) -> int:
 
 def _scores(args) -> int:
     from neuropipe import sweeps
-    from neuropipe.sweeps.scores import table_classes
+    from neuropipe.pipeline import table_classes
 
     modules = _modules(args)
     tables = table_classes(modules)

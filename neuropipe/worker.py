@@ -21,9 +21,6 @@ process holds (see :class:`~neuropipe.jobs.Holdings`).
 
 from __future__ import annotations
 
-import fnmatch
-import importlib
-import inspect
 import logging
 import os
 import platform
@@ -32,10 +29,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
-from types import ModuleType
 
 from neuropipe import __version__, failures, registry
-from neuropipe.database import DatabaseContact, import_datajoint, open_like, retrying_declaration
+from neuropipe.database import DatabaseContact, open_like
 from neuropipe.jobs import Identity, JobQueue
 from neuropipe.resources import Resources, local_resources, return_free_memory
 
@@ -148,69 +144,6 @@ class WorkerOptions:
             flag = "--" + option.name.replace("_", "-")
             argv.append(f"--no-{flag[2:]}" if value is False else f"{flag}={value}")
         return argv
-
-
-def load_pipeline(names, *, prefix: str | None = None) -> list[ModuleType]:
-    """Import pipeline modules (by name, or given as modules) and make sure their schemas are bound.
-
-    A module (or package) that exposes ``activate(prefix, connection)``, as the bundled
-    ``schemas`` does, is activated with ``prefix``; a plain user module that binds its own
-    schemas at import time is used as it is.
-    """
-    modules = [name if isinstance(name, ModuleType) else retrying_declaration(importlib.import_module, name)
-               for name in names]
-    for module in modules:
-        if callable(getattr(module, "activate", None)) and prefix is not None:
-            retrying_declaration(module.activate, prefix)
-    return modules
-
-
-def pipeline_tables(modules, patterns=()) -> list[type]:
-    """Return the Imported and Computed table classes of ``modules``, upstream first.
-
-    Parameters
-    ----------
-    modules : list of modules
-        A package contributes the tables of its submodules listed in ``MODULES`` too.
-    patterns : list of str, optional
-        Keep only tables whose class name or ``module.Class`` matches one of these
-        shell-style patterns (``--tables``).
-    """
-    dj = import_datajoint()
-    classes = {}
-    for module in _expand(modules):
-        for obj in vars(module).values():
-            if (
-                inspect.isclass(obj)
-                and issubclass(obj, (dj.Imported, dj.Computed))
-                and getattr(obj, "database", None)
-                and obj.__module__ == module.__name__
-                and _matches(obj, patterns)
-            ):
-                classes[obj.full_table_name] = obj
-    return upstream_first(classes.values())
-
-
-def upstream_first(tables) -> list[type]:
-    """Return the table classes ``tables`` in dependency order: each after the tables it depends on."""
-    tables = list(tables)
-    if not tables:
-        return []
-    connection = tables[0].connection
-    connection.dependencies.load()
-    order = {name: index for index, name in enumerate(connection.dependencies.topo_sort())}
-    return sorted(tables, key=lambda cls: order.get(cls.full_table_name, len(order)))
-
-
-def _matches(cls, patterns) -> bool:
-    names = (cls.__name__, f"{cls.__module__}.{cls.__name__}")
-    return not patterns or any(fnmatch.fnmatch(name, pattern) for pattern in patterns for name in names)
-
-
-def _expand(modules):
-    for module in modules:
-        yield module
-        yield from getattr(module, "MODULES", ())
 
 
 def run_worker(tables, **options) -> dict[str, TableTally]:

@@ -89,8 +89,9 @@ def embedded_server(neuropipe_home):
     On a free port of its own rather than the preferred 54329: test processes running in
     parallel each start one, and two could otherwise both find 54329 free and race for it.
     """
-    from neuropipe.embedded import EmbeddedPostgres
     from private_servers import free_port
+
+    from neuropipe.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(neuropipe_home / "pgdata", port=free_port())
     yield server

@@ -8,7 +8,6 @@ import pytest
 from neuropipe.cli import main
 
 
-
 @pytest.mark.parametrize("settings", ["mysql"], indirect=True)
 def test_worker_status_errors_and_retry(environment, tmp_path, capsys):
     volume = environment.volume

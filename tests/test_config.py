@@ -39,7 +39,8 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DJ_BACKEND", "postgresql")
     monkeypatch.setenv("DJ_PASS", "secret")
     settings = load_settings(path)
-    assert (settings.host, settings.port, settings.backend, settings.password) == ("other", 5544, "postgresql", "secret")
+    found = (settings.host, settings.port, settings.backend, settings.password)
+    assert found == ("other", 5544, "postgresql", "secret")
 
 
 def test_no_host_means_embedded(tmp_path):

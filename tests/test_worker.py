@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import pytest
-
 import toy_pipeline
+from worker_runs import logs, toy_schema, wait_until, worker_process
+
 from neuropipe import registry, status
 from neuropipe.resources import Resources
 from neuropipe.worker import Worker, WorkerOptions, run_worker
-from worker_runs import logs, toy_schema, wait_until, worker_process
 
 SERVERS = pytest.mark.parametrize("settings", ["postgresql", "mysql"], indirect=True)
 HEARTBEAT = 1.0

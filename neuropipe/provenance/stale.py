@@ -63,7 +63,7 @@ def find_stale(tables, only=None) -> list[StaleRows]:
     ----------
     tables : list of table classes
         Upstream tables before the tables that depend on them, as
-        :func:`neuropipe.worker.pipeline_tables` lists them.
+        :func:`neuropipe.pipeline.pipeline_tables` lists them.
     only : callable, optional
         ``only(table)``: whether to check the table's own rows; the others are still searched
         for rows downstream of stale ones (default: check all).

@@ -14,8 +14,9 @@ import logging
 from pathlib import Path
 
 from neuropipe import __version__, status
+from neuropipe.pipeline import classes_around
 from neuropipe.reports import collect, html, images, neuroglancer, plots
-from neuropipe.reports.results import dataset_results, pipeline_classes
+from neuropipe.reports.results import dataset_results
 
 logger = logging.getLogger(__name__)
 MAX_PANELS = 24  # datasets drawn; the links list every one
@@ -30,7 +31,7 @@ def write_report(path, tables, *, port: int = neuroglancer.DEFAULT_PORT, host: s
     path : str or Path
         The HTML file written (its folder is created).
     tables : list of table classes
-        Auto-populated tables, upstream first (:func:`neuropipe.worker.pipeline_tables`); the
+        Auto-populated tables, upstream first (:func:`neuropipe.pipeline.pipeline_tables`); the
         worker registry must be bound (``neuropipe report`` does both).
     port, host : int, str
         Where the Neuroglancer links expect ``neuropipe view`` to serve.
@@ -48,7 +49,7 @@ def gather(tables, *, port: int = neuroglancer.DEFAULT_PORT, host: str = "127.0.
            title: str = "neuropipe report") -> dict:
     """Read and draw everything the report shows; return it as one dict (see :mod:`.html`)."""
     tables = list(tables)
-    classes = pipeline_classes(tables)
+    classes = classes_around(tables)
     records = collect.job_records(tables)
     colours = plots.table_colours([table.__name__ for table in tables])
     score_entries = collect.score_tables(tables, classes)

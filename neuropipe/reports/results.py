@@ -10,10 +10,7 @@ scores, the first in key order, the membrane chain's first.  The report's image 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-
-from neuropipe.database import import_datajoint
 
 #: Detection tables whose labels can be shown, each with the table that scores it, by class name.
 DETECTIONS = (("CellDetection", "DetectionMetrics"), ("NucleiDetection", "NucleiMetrics"))
@@ -53,31 +50,13 @@ class Result:
     f1: float | None = None
 
 
-def pipeline_classes(tables) -> dict:
-    """Return the bound table classes that ``tables`` and the modules they come from name, by class name.
-
-    A module's namespace holds the classes it imports too (``schemas.metrics`` imports
-    ``CellDetection``), so the bundled tables are found from any of their descendants.
-    """
-    dj = import_datajoint()
-    found = {}
-    modules = {sys.modules.get(table.__module__) for table in tables}
-    for module in filter(None, modules):
-        for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, dj.Table) and getattr(value, "database", None):
-                found.setdefault(value.__name__, value)
-    for table in tables:
-        found[table.__name__] = table
-    return found
-
-
 def dataset_results(classes: dict, *, dataset: str | None = None, restriction: dict | None = None) -> list[Result]:
     """Return a :class:`Result` per imported volume (of ``dataset`` only, where given).
 
     Parameters
     ----------
     classes : dict
-        Table classes by name (:func:`pipeline_classes`); without ``Volume`` there is nothing.
+        Table classes by name (:func:`neuropipe.pipeline.classes_around`); without ``Volume`` there is nothing.
     dataset : str, optional
     restriction : dict, optional
         Only maps and detections matching it (e.g. ``{"detection_id": ...}``).

@@ -29,8 +29,9 @@ import numpy as np
 from neuropipe.errors import BadInputError
 from neuropipe.io.stored import open_stored
 from neuropipe.io.targets import PRECOMPUTED_CHUNK_XYZ
+from neuropipe.pipeline import classes_around
 from neuropipe.reports import neuroglancer
-from neuropipe.reports.results import dataset_results, pipeline_classes
+from neuropipe.reports.results import dataset_results
 
 logger = logging.getLogger(__name__)
 WRITE_BLOCK = (64, 512, 512)  # ZYX voxels copied at a time: whole chunks of PRECOMPUTED_CHUNK_XYZ
@@ -57,7 +58,7 @@ def prepare(dataset: str, tables, cache, *, restriction: dict | None = None):
     """
     if not dataset or "/" in dataset or dataset in (".", ".."):
         raise BadInputError(f"dataset {dataset!r}: not a name that can be served.")
-    classes = pipeline_classes(tables)
+    classes = classes_around(tables)
     if "Volume" not in classes:
         raise BadInputError("the pipeline has no Volume table: nothing to view.")
     results = dataset_results(classes, dataset=dataset, restriction=restriction)

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 
 from neuropipe.errors import BadInputError
 from neuropipe.params import ParamSet
+from neuropipe.pipeline import table_classes
 from neuropipe.sweeps.spec import Sweep
-
-
-def table_classes(modules) -> dict[str, type]:
-    """Return the bound DataJoint table classes of pipeline ``modules`` by class name."""
-    from neuropipe.worker import _expand
-
-    found = {}
-    for module in _expand(modules):
-        for obj in vars(module).values():
-            if inspect.isclass(obj) and getattr(obj, "database", None) and hasattr(obj, "definition"):
-                found.setdefault(obj.__name__, obj)
-    return found
 
 
 def parameter_tables(modules) -> dict[str, type]:

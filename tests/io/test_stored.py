@@ -12,8 +12,11 @@ def test_a_block_copy_writes_every_voxel_and_gathers_the_statistics(tmp_path):
     target = stored.create_zarr(fsspec.FSMap(str(tmp_path / "v.zarr"), fsspec.filesystem("file"), create=True),
                                 volume.shape, volume.dtype, chunks=(2, 8, 8))
     reads, progress = [], []
+    def record_progress(done, total, _):
+        progress.append((done, total))
+
     statistics = stored.copy_in_blocks(lambda part: reads.append(part) or volume[part], volume.shape, target,
-                                       block=(4, 16, 16), progress=lambda done, total, _: progress.append((done, total)))
+                                       block=(4, 16, 16), progress=record_progress)
     assert len(reads) == 2 * 3 * 2 and progress[-1] == (12, 12)
     assert (statistics.minimum, statistics.maximum) == (volume.min(), volume.max())
     assert statistics.mean == pytest.approx(volume.mean())

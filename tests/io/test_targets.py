@@ -24,7 +24,8 @@ def test_probabilities_scale_to_the_full_range_of_an_integer_target(dtype, expec
     "content, array, dtype, message",
     [
         ("probability", PROBABILITY, "uint64", "a probability map needs a float, uint8 or uint16"),
-        ("labels", np.array([[[1, 70000]]], np.uint32), "uint16", "holds uint16 (at most 65535); the labels reach 70000"),
+        ("labels", np.array([[[1, 70000]]], np.uint32), "uint16",
+         "holds uint16 (at most 65535); the labels reach 70000"),
         ("labels", np.array([[[1, 2]]], np.uint32), "float32", "labels need an integer target"),
     ],
 )

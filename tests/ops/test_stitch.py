@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from neuropipe.ops import label_components
-from neuropipe.ops import stitch
+from neuropipe.ops import label_components, stitch
 from neuropipe.ops.stitch import boundary_pairs, crossing_offsets, merge_fragments, stitched_components
 
 BLOCKS = [(5, 8, 9), (7, 37, 10), (1, 1, 41), (23, 37, 41), (4, 4, 4)]  # most do not divide (23, 37, 41)

@@ -1,5 +1,7 @@
-"""make_nuclei: ground truth consistent with the image, touching and border-cut nuclei, and the
-detection floor it lets us assert (blobs beat the greedy spheres where nuclei differ in size)."""
+"""make_nuclei: ground truth consistent with the image, touching and border-cut nuclei.
+
+And the detection floor it lets us assert (blobs beat the greedy spheres where nuclei differ in size).
+"""
 
 import itertools
 

@@ -31,8 +31,9 @@ from neuropipe import demo, provenance
 from neuropipe.cli import main
 from neuropipe.errors import BadInputError
 from neuropipe.io.stored import open_stored
+from neuropipe.pipeline import pipeline_tables
 from neuropipe.reports import viewer
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.worker import run_worker
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

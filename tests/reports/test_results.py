@@ -5,9 +5,10 @@ import pytest
 import tensorstore
 
 from neuropipe.io.stored import open_stored
+from neuropipe.pipeline import classes_around, pipeline_tables
 from neuropipe.reports import images, viewer, write_report
-from neuropipe.reports.results import dataset_results, pipeline_classes
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.reports.results import dataset_results
+from neuropipe.worker import run_worker
 
 
 @pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
@@ -27,7 +28,7 @@ def test_a_learned_detection_is_shown_where_it_is_the_best(pipeline, nuclei_file
 
     f1s = [sorted(set((nuclei.NucleiMetrics & {"dataset": name}).to_arrays("f1"))) for name in ("train", "eval")]
     assert any(len(values) == 2 for values in f1s), f1s  # a choice to make
-    shown = {result.dataset: result for result in dataset_results(pipeline_classes(tables))}
+    shown = {result.dataset: result for result in dataset_results(classes_around(tables))}
     assert set(shown) == {"train", "eval"}
     for name, result in shown.items():
         scores = nuclei.NucleiMetrics & {"dataset": name}
@@ -39,7 +40,7 @@ def test_a_learned_detection_is_shown_where_it_is_the_best(pipeline, nuclei_file
 
     result = shown["eval"]
     stored = np.asarray(open_stored((nuclei.NucleiDetection & result.labels).fetch1("labels")))
-    drawn = images.planes(result, pipeline_classes(tables))
+    drawn = images.planes(result, classes_around(tables))
     np.testing.assert_array_equal(drawn["labels"], stored[result.shape[0] // 2])
     assert "cells (learned): " in images._title("labels", result, drawn["labels"])
 

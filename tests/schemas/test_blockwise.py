@@ -13,7 +13,8 @@ import pytest
 
 from neuropipe import ops, status
 from neuropipe.io.stored import open_stored
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 SHAPE = (12, 96, 112)
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 5, "max_cells": 10_000}
@@ -25,7 +26,7 @@ def chain(pipeline, tmp_path):
     """A synthetic volume with a tiny model, parameter sets, and a block shape that divides nothing."""
     sample = ops.make_sample(SHAPE, seed=3, cell_diameter=12)
     np.savez(tmp_path / "sample.npz", image=sample.image, cells=sample.cells)
-    volume, membrane, detection = pipeline.volume, pipeline.membrane, pipeline.detection
+    volume, membrane = pipeline.volume, pipeline.membrane
     key = {"dataset": "s"}
     volume.Dataset.insert1(dict(key, source=f"file://{tmp_path}/sample.npz#image"))
     volume.Annotation.insert1(dict(key, kind="cells", purpose="train", source=f"file://{tmp_path}/sample.npz#cells"))

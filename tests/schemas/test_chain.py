@@ -8,7 +8,8 @@ import pytest
 
 from neuropipe import demo, ops, provenance
 from neuropipe.io.stored import open_stored
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 TABLES = ("Volume", "VolumeBlocks", "AnnotationVolume", "MembraneModel", "MembraneBlock", "MembraneMap",
           "DetectionBlock", "CellDetection", "MembraneMetrics", "DetectionMetrics")
@@ -81,7 +82,8 @@ def test_isbi_2012_end_to_end(pipeline, settings, isbi_path):
     training_id = pipeline.membrane.TrainingParams.fetch1("training_id")  # the plan's only set
     trained = pipeline.membrane._model({"training_dataset": "isbi_train", "training_id": training_id})
     defaults = {name: parameter.default for name, parameter in inspect.signature(ops.train_membrane).parameters.items()}
-    for setting in ("depth", "width", "learning_rate", "schedule", "normalise"):  # the kernel's defaults, not the sample's
+    # the kernel's defaults, not the sample's
+    for setting in ("depth", "width", "learning_rate", "schedule", "normalise"):
         assert trained.hyperparameters[setting] == defaults[setting], setting
     assert trained.hyperparameters["validation_errors"]  # 2 of the 20 training slices chose the checkpoint
     volume = pipeline.volume
@@ -117,7 +119,8 @@ def test_isbi_2012_end_to_end_from_a_boss_server(pipeline, settings, isbi_path, 
         pushed_cells = server.array("isbi", "train", "cells")[8:12]
     assert results["failed"] == {} and set(results["rows"]) == set(TABLES)
     assert tally["ProbabilityExport"].made == tally["LabelExport"].made == 1
-    probability = np.asarray(open_stored((pipeline.membrane.MembraneMap & {"dataset": "boss_eval"}).fetch1("probability")))
+    evaluated = {"dataset": "boss_eval"}
+    probability = np.asarray(open_stored((pipeline.membrane.MembraneMap & evaluated).fetch1("probability")))
     np.testing.assert_array_equal(pushed_map, np.rint(probability * 255).astype(np.uint8))
     labels = np.asarray(open_stored((pipeline.detection.CellDetection & {"dataset": "boss_eval"}).fetch1("labels")))
     np.testing.assert_array_equal(pushed_cells, labels)

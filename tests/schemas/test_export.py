@@ -8,7 +8,8 @@ from boss_server import BossServer
 
 from neuropipe.errors import BadInputError
 from neuropipe.io import read_volume
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 SHAPE = (4, 40, 48)
 BOX = "10:14,100:140,200:248"  # the dataset's box in its source: exports land there
@@ -36,7 +37,7 @@ def results(pipeline, tmp_path):
     run_worker(pipeline_tables([volume]), max_idle=0)
     membrane.MembraneModel.insert1(dict(key, **training, model=model.to_bytes(), iterations=1, train_seconds=1.0,
                                         final_loss=0.1, device="cpu"), allow_direct_insert=True)
-    inference = membrane.InferenceParams.insert_params({"tile": 64, "precision": "float32"})
+    membrane.InferenceParams.insert_params({"tile": 64, "precision": "float32"})
     found = detection.DetectionParams.insert_params({"method": "components", "threshold": 0.5, "min_voxels": 1})
     run_worker(pipeline_tables([membrane, detection]), max_idle=0)
     map_key = (membrane.MembraneMap & key).fetch1("KEY")

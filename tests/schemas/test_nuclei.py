@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 LEARNED = dict(method="learned", threshold=0.5, stop=0.4, sphere_size=10)
 

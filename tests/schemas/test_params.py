@@ -5,7 +5,8 @@ import pytest
 
 from neuropipe.errors import BadInputError
 from neuropipe.params import params_hash
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 
 def test_same_parameters_same_key(pipeline):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from neuropipe.errors import BadInputError
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 
 def drain(module):
@@ -112,7 +113,8 @@ def test_chunked_sources_import_only_their_box_with_the_voxel_size_of_their_meta
     volume = pipeline.volume
     volume.Dataset.insert([dict(dataset="ome", source=f"file://{tmp_path}/img.ome.zarr", bbox="2:6,8:40,0:24"),
                            dict(dataset="layer", source=layer, bbox="32:36,2008:2040,1000:1024"),
-                           dict(dataset="given", source=layer, bbox=None, voxel_z_nm=45.0, voxel_y_nm=5.0, voxel_x_nm=5.0)])
+                           dict(dataset="given", source=layer, bbox=None,
+                                voxel_z_nm=45.0, voxel_y_nm=5.0, voxel_x_nm=5.0)])
     assert (volume.Dataset & {"dataset": "ome"}).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm") == \
         pytest.approx((30.0, 6.0, 6.0))
     assert (volume.Dataset & {"dataset": "layer"}).fetch1("voxel_z_nm", "voxel_x_nm") == (40.0, 4.0)

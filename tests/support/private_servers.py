@@ -182,6 +182,7 @@ class PrivateMariaDB(PrivateServer):
         return [tool for tool in cls.TOOLS if _which(tool) is None]
 
     def start(self) -> None:
+        """Start the server (initialising it on first use); return once it accepts connections."""
         if self.process is not None and self.process.poll() is None:
             return
         if not self.data.exists():
@@ -199,6 +200,7 @@ class PrivateMariaDB(PrivateServer):
             raise RuntimeError(f"mariadbd exited with {self.process.returncode}:\n{self.log_tail()}")
 
     def stop(self) -> None:
+        """Shut the server down cleanly; return once it has exited."""
         if self.process is None or self.process.poll() is not None:
             return
         try:
@@ -212,13 +214,16 @@ class PrivateMariaDB(PrivateServer):
             self.process.wait(10)
 
     def connect(self):
+        """Return a new DB-API connection in autocommit mode."""
         return pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="", autocommit=True,
                                connect_timeout=5)
 
     def kill(self, connection_id: int) -> None:
+        """End one client session (the server stays up)."""
         self.query(f"KILL CONNECTION {int(connection_id)}")
 
     def waiting_claims(self) -> list[int]:
+        """Return the sessions whose claim (a locking read or the ``UPDATE``) waits for a lock."""
         rows = self.query("SELECT id FROM information_schema.processlist WHERE command = 'Query' "
                           "AND state LIKE 'Waiting for table%%lock' "
                           "AND (info LIKE '%%SKIP LOCKED%%' OR info LIKE 'UPDATE%%reserved%%')")
@@ -228,14 +233,17 @@ class PrivateMariaDB(PrivateServer):
         return f"LOCK TABLES {table} READ"  # others' plain reads go on; writes and locking reads wait
 
     def block_commits(self) -> None:
+        """Make every commit from now on wait for a replica that does not exist."""
         self.query("SET GLOBAL rpl_semi_sync_master_timeout = 600000")
         self.query("SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON")
         self.query("SET GLOBAL rpl_semi_sync_master_enabled = ON")
 
     def unblock_commits(self) -> None:
+        """Let commits complete again (and release those waiting)."""
         self.query("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
 
     def waiting_commits(self) -> list[int]:
+        """Return the sessions whose ``COMMIT`` waits for the replica."""
         rows = self.query("SELECT id FROM information_schema.processlist "
                           "WHERE state LIKE 'Waiting for semi-sync ACK%%' AND UPPER(info) = 'COMMIT'")
         return [row[0] for row in rows]
@@ -272,23 +280,28 @@ class PrivatePostgres(PrivateServer):
         self.server = EmbeddedPostgres(self.root / "pgdata", port=self.port)
 
     def start(self) -> None:
+        """Start the server (initialising it on first use); return once it accepts connections."""
         self.server.ensure_running()
 
     def stop(self) -> None:
+        """Shut the server down cleanly; return once it has exited."""
         if self.reachable():  # reset takes effect at the next start, leaving waiting commits waiting
             self.query("ALTER SYSTEM RESET synchronous_standby_names")
         self.server.stop()
 
     def connect(self):
+        """Return a new DB-API connection in autocommit mode."""
         connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
                                       connect_timeout=5)
         connection.autocommit = True
         return connection
 
     def kill(self, connection_id: int) -> None:
+        """End one client session (the server stays up)."""
         self.query("SELECT pg_terminate_backend(%s)", (int(connection_id),))
 
     def waiting_claims(self) -> list[int]:
+        """Return the sessions whose claim (a locking read or the ``UPDATE``) waits for a lock."""
         rows = self.query("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                           "AND (query LIKE '%%SKIP LOCKED%%' OR query LIKE 'UPDATE%%reserved%%')")
         return [row[0] for row in rows]
@@ -297,12 +310,15 @@ class PrivatePostgres(PrivateServer):
         return f"LOCK TABLE {table} IN EXCLUSIVE MODE"  # others' plain reads go on; writes and locking reads wait
 
     def block_commits(self) -> None:
+        """Make every commit from now on wait for a replica that does not exist."""
         self._set_standby(ABSENT_REPLICA)
 
     def unblock_commits(self) -> None:
+        """Let commits complete again (and release those waiting)."""
         self._set_standby("")
 
     def waiting_commits(self) -> list[int]:
+        """Return the sessions whose ``COMMIT`` waits for the replica."""
         rows = self.query("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND UPPER(query) = 'COMMIT'")
         return [row[0] for row in rows]
 

@@ -5,7 +5,8 @@ user's module would, to the schema named by ``TOY_SCHEMA``.  Tests that run work
 their own process call :func:`declare` on a schema of their own instead.
 
 Behaviour is steered through the environment, which reaches worker processes too:
-``TOY_DELAY`` (seconds per job), ``TOY_ROUNDS`` (hash rounds of CPU work per :class:`Busy` job), ``TOY_STATE`` (a folder where :class:`Flaky` counts its
+``TOY_DELAY`` (seconds per job), ``TOY_ROUNDS`` (hash rounds of CPU work per :class:`Busy` job),
+``TOY_STATE`` (a folder where :class:`Flaky` counts its
 attempts, and where :class:`Gated` finds its gates), ``TOY_FLAKY_FAILURES`` (how many times
 each Flaky job fails with a timeout).
 """

@@ -6,7 +6,8 @@ import pytest
 
 from neuropipe import demo
 from neuropipe.cli import main
-from neuropipe.worker import pipeline_tables, run_worker
+from neuropipe.pipeline import pipeline_tables
+from neuropipe.worker import run_worker
 
 SWEEP = """
 table: DetectionParams
