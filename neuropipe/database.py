@@ -15,6 +15,7 @@ import time
 import uuid
 import warnings
 
+from neuropipe import compat
 from neuropipe.config import Settings, load_settings
 from neuropipe.errors import DatabaseUnreachableError
 from neuropipe.failures import backoff_seconds
@@ -234,11 +235,11 @@ class DatabaseContact:
         self.cap = cap
         self.attempts = 0
         self.lost_since: float | None = None
-        self._session = connection._conn
+        self._session = compat.driver_connection(connection)
 
     def lost(self) -> bool:
         """Return whether the session the worker's reservations belong to is gone."""
-        return self.lost_since is not None or self.connection._conn is not self._session
+        return self.lost_since is not None or compat.driver_connection(self.connection) is not self._session
 
     def lose(self) -> float:
         """Record a failed attempt to reach the server; return how long to wait before the next."""
@@ -252,13 +253,13 @@ class DatabaseContact:
         (DataJoint's own ``is_connected`` does not notice a dead connection: its adapters
         report a failed ping by returning False, which it takes for success.)
         """
-        return bool(self.connection.adapter.ping(self.connection._conn))
+        return compat.ping(self.connection)
 
     def reach(self) -> None:
         """Make sure the connection is open, reconnecting if needed (raises while the server is down)."""
         if not self.alive():
             self.connection.connect()
-        self.connection._in_transaction = False
+        compat.set_in_transaction(self.connection, False)
 
     def try_reach(self) -> bool:
         """Return whether :meth:`reach` succeeded."""
@@ -274,7 +275,7 @@ class DatabaseContact:
         The connection's ``connection_id`` (written into the job rows it claims) is read anew.
         """
         outage = time.monotonic() - (self.lost_since or time.monotonic())
-        self._session = self.connection._conn
-        self.connection.connection_id = self.connection.adapter.get_connection_id(self._session)
+        self._session = compat.driver_connection(self.connection)
+        self.connection.connection_id = compat.read_connection_id(self.connection)
         self.attempts, self.lost_since = 0, None
         return outage

@@ -37,7 +37,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from neuropipe import failures, registry
+from neuropipe import compat, failures, registry
 from neuropipe.database import case_by_key, import_datajoint, key_in, retrying_declaration
 from neuropipe.provenance import JobMeter, Recorder
 from neuropipe.provenance.sidecar import ROW_ID
@@ -180,7 +180,7 @@ class JobQueue:
         cursor = self.connection.query(
             f"INSERT INTO {self.jobs.full_table_name} ({columns}, {q('status')}, {q('priority')}) "
             f"SELECT {columns}, 'pending', %s FROM ({select}) AS new_keys{conflict}",
-            args=(self.connection._config.jobs.default_priority,))
+            args=(compat.settings_of(self.connection).jobs.default_priority,))
         return max(cursor.rowcount, 0)
 
     def claim(self, count: int = 1) -> list[dict]:
@@ -389,8 +389,7 @@ class JobQueue:
             self.connection.commit_transaction()
         except _MakeFailed as failed:
             self._rollback()
-            if isinstance(failed.error, dj.errors.LostConnectionError) or not self.connection.adapter.ping(
-                    self.connection._conn):
+            if isinstance(failed.error, dj.errors.LostConnectionError) or not compat.ping(self.connection):
                 raise failed.error from None  # not the job's failure: the worker settles the batch on reconnection
             HOLDINGS.discard(name, [key for key in self.batch_keys if key is not failed.key])
             return self._settle_failed(failed, BatchOutcome(claimed=outcome.claimed))
@@ -458,7 +457,7 @@ class JobQueue:
             self.connection.query("START TRANSACTION")
         else:
             self.connection.query("BEGIN")
-        self.connection._in_transaction = True
+        compat.set_in_transaction(self.connection, True)
 
     def _lock_pending(self, count: int) -> list[dict]:
         """Within the transaction: lock up to ``count`` due pending jobs and reserve them for this worker."""
@@ -583,7 +582,7 @@ class JobQueue:
         if made:
             self._stamp_rows(table, timings[:made], records)
         owner = (self.identity.host, self.identity.pid)
-        if self.connection._config.jobs.keep_completed:
+        if compat.settings_of(self.connection).jobs.keep_completed:
             cursor = self.connection.query(
                 f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
                 f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('duration')}={durations}, {q('error_message')}='' "
@@ -603,7 +602,7 @@ class JobQueue:
         """
         keys = [key for key, _, _ in timings]
         assignments, args = [], []
-        if table._has_job_metadata_attrs():
+        if compat.has_job_metadata(table):
             starts, start_args = self._case(keys, [datetime.datetime.fromtimestamp(start) for _, start, _ in timings])
             durations, duration_args = self._case(keys, [duration for _, _, duration in timings])
             assignments += [f"_job_start_time={starts}", f"_job_duration={durations}", "_job_version=%s"]
@@ -630,7 +629,7 @@ class JobQueue:
         q = self.quote
         where = f"({self._condition(keys)}) AND {q('status')}='reserved' AND {self._owned_by()}"
         owner = (self.identity.host, self.identity.pid)
-        if self.connection._config.jobs.keep_completed:
+        if compat.settings_of(self.connection).jobs.keep_completed:
             connection.query(f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
                              f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('error_message')}=%s WHERE {where}",
                              args=(note[:2047], *owner))
@@ -681,7 +680,7 @@ class JobQueue:
         try:
             self.connection.cancel_transaction()
         except Exception:  # the connection itself is gone, and the server rolled back with it
-            self.connection._in_transaction = False
+            compat.set_in_transaction(self.connection, False)
 
     def _condition(self, keys) -> str:
         keys = [{name: key[name] for name in self.primary_key} for key in keys]
@@ -707,10 +706,8 @@ def _call_make(table, key: dict, make_kwargs, version: str) -> None:
     """Call ``make()`` as DataJoint's own populate does (inserts allowed, upstream view, provenance)."""
     from datajoint import provenance
 
-    cls = type(table)
-    make = table._make_tuples if hasattr(table, "_make_tuples") else table.make
-    cls._allow_insert = True
-    table._upstream_key, table._upstream = dict(key), None
+    make = compat.make_method(table)
+    compat.allow_inserts(table, key)
     token = provenance.set_ingesting(table.full_table_name, key, version)
     try:
         if inspect.isgeneratorfunction(make):  # tripartite make: fetch, compute, insert
@@ -725,5 +722,4 @@ def _call_make(table, key: dict, make_kwargs, version: str) -> None:
             make(dict(key), **(make_kwargs or {}))
     finally:
         provenance.reset_ingesting(token)
-        cls._allow_insert = False
-        table._upstream_key, table._upstream = None, None
+        compat.allow_inserts(table, None)

@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from neuropipe import compat
 from neuropipe.blockwise.grid import Box, block_grid, core_box, grid_shape, grow, slices
 from neuropipe.database import STORE_NAME
 
@@ -250,16 +251,14 @@ def output_reference(table, key: dict, name: str = "") -> dict:
     """Return the ``<object@>`` metadata of a result's zarr array, for the assembling table's insert."""
     backend = _backend(table)
     path = output_path(table, key, name)
-    full = backend._full_path(path)
+    full = compat.full_store_path(backend, path)
     files = [f"{root}/{file}" for root, _, names in backend.fs.walk(full) for file in names]
     return {"path": path, "store": STORE_NAME, "size": sum(backend.fs.size(file) for file in files), "ext": ".zarr",
             "is_dir": True, "item_count": len(files), "timestamp": datetime.now(timezone.utc).isoformat()}
 
 
 def _backend(table):
-    from datajoint.hash_registry import get_store_backend
-
-    return get_store_backend(STORE_NAME, config=table.connection._config)
+    return compat.store_backend(table.connection, STORE_NAME)
 
 
 def _open_or_create(backend, path: str, shape, dtype, chunks):
@@ -273,7 +272,7 @@ def _open_or_create(backend, path: str, shape, dtype, chunks):
         return zarr.open_array(store=_zarr_store(fsmap), mode="r+", **write_options())
     except Exception:  # absent: create it (one worker wins the rename, the others open its array)
         pass
-    full = backend._full_path(path)
+    full = compat.full_store_path(backend, path)
     if "file" in _protocols(backend.fs):
         staging = f"{full}.{uuid.uuid4().hex}.tmp"
         os.makedirs(os.path.dirname(full), exist_ok=True)

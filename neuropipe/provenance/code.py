@@ -109,9 +109,9 @@ def _referenced_modules(module: ModuleType) -> list[ModuleType]:
 
 def _defines_tables(module: ModuleType) -> bool:
     """Return whether ``module`` defines DataJoint tables (Manual, Lookup, Imported, Computed)."""
-    from datajoint.user_tables import UserTable
+    from neuropipe.compat import user_table_base
 
-    return any(isinstance(value, type) and issubclass(value, UserTable) and value.__module__ == module.__name__
+    return any(isinstance(value, type) and issubclass(value, user_table_base()) and value.__module__ == module.__name__
                for value in vars(module).values())
 
 

@@ -130,9 +130,9 @@ class Parent:
     def columns(self) -> list[str]:
         """Return the parent's attributes that are hashed: all but blobs, attachments and stored objects."""
         if self._columns is None:
-            from datajoint.table import FreeTable
+            from neuropipe.database import import_datajoint
 
-            heading = FreeTable(self._connection, self.name).heading
+            heading = import_datajoint().FreeTable(self._connection, self.name).heading
             self._columns = [name for name, attribute in heading.attributes.items()
                              if not (attribute.is_blob or attribute.codec is not None or attribute.store)]
         return self._columns

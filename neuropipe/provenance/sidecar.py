@@ -33,6 +33,7 @@ stale --recompute`` calls it) or replaced when a worker makes the row again.
 
 from __future__ import annotations
 
+from neuropipe import compat
 from neuropipe.database import import_datajoint
 
 dj = import_datajoint()
@@ -83,12 +84,8 @@ class Sidecar(dj.Table):
     def __init__(self, target):
         target = target() if isinstance(target, type) else target
         self._target = target
-        self._connection = target.connection
-        self.database = target.database
-        self._table_name = f"~prov_{target.table_name.lstrip('_#~')}"
         self._definition = _definition(target)
-        self._heading = self._fresh_heading()
-        self._support = [self.full_table_name]
+        compat.bind_hidden_table(self, target.connection, target.database, f"~prov_{target.table_name.lstrip('_#~')}")
 
     @property
     def table_name(self) -> str:
@@ -107,14 +104,7 @@ class Sidecar(dj.Table):
 
     def _populate_lineage(self, primary_key, fk_attribute_map):
         """Give the key attributes the target's lineage, so the two join without a foreign key."""
-        from datajoint.lineage import delete_table_lineages, ensure_lineage_table, get_lineage, insert_lineages
-
-        ensure_lineage_table(self.connection, self.database)
-        delete_table_lineages(self.connection, self.database, self.table_name)
-        target = self._target
-        insert_lineages(self.connection, self.database, [
-            (self.table_name, name, get_lineage(self.connection, target.database, target.table_name, name)
-             or f"{target.database}.{target.table_name}.{name}") for name in primary_key])
+        compat.share_lineage(self, self._target, primary_key)
 
     def ensure(self) -> Sidecar:
         """Declare the sidecar if it is not there yet, or give an older one its ``row_id``; return it.
@@ -129,13 +119,8 @@ class Sidecar(dj.Table):
                     raise
         elif not has_column(self, "row_id"):  # made before records named their rows: those cannot count
             add_column(self, "row_id", "the _row_id of the row described: the record counts only while they match")
-            self._heading = self._fresh_heading()
+            compat.reload_heading(self)
         return self
-
-    def _fresh_heading(self):
-        """Return a heading that reads the sidecar's columns from the server when first used."""
-        return dj.heading.Heading(table_info=dict(conn=self._connection, database=self.database,
-                                                  table_name=self._table_name, context=None))
 
     def mark_target(self) -> Sidecar:
         """Give the target table its hidden ``_row_id`` column where it has none yet; return the sidecar.
