@@ -364,7 +364,8 @@ def _describe_record(record: dict, current_code: str) -> str:
             f"neuropipe {record['neuropipe_version']}, {commit}{' + local changes' if record['git_dirty'] else ''})")
     made = (f"made by {record['host']}:{record['pid']} from {record['start_time']:%Y-%m-%d %H:%M:%S} UTC "
             f"in {record['duration']:.2f} s (CPU {record['cpu_seconds']:.2f} s, peak {record['peak_rss_mb']:.0f} MB)")
-    inputs = ", ".join(f"{entry['table'].split('.')[-1].strip(chr(96) + chr(34))} {json.dumps(entry['key'])}"
+    quotes = "`\""  # MySQL's and PostgreSQL's identifier quotes around the table name
+    inputs = ", ".join(f"{entry['table'].split('.')[-1].strip(quotes)} {json.dumps(entry['key'])}"
                        for entry in record["inputs"])
     return f"{code}\n  settings {record['params_hash'][:12]}; inputs {inputs or '-'}\n  {made}"
 

@@ -16,7 +16,7 @@ Query it as any table::
 
 from neuropipe.provenance.code import code_hash, git_state, versions
 from neuropipe.provenance.record import JobMeter, Recorder
-from neuropipe.provenance.sidecar import NO_RECORD, Sidecar
+from neuropipe.provenance.sidecar import NO_RECORD, Sidecar, key_values
 
 
 def of(table):
@@ -49,8 +49,8 @@ def records(query, limit: int | None = None) -> list[tuple[dict, dict | None]]:
     keys = (query() if isinstance(query, type) else query).keys(order_by="KEY", limit=limit)
     if not keys:
         return []
-    found = {_frozen(row, table.primary_key): row for row in (of(table) & keys).to_dicts()}
-    return [(key, found.get(_frozen(key, table.primary_key))) for key in keys]
+    found = {key_values(row, table.primary_key): row for row in (of(table) & keys).to_dicts()}
+    return [(key, found.get(key_values(key, table.primary_key))) for key in keys]
 
 
 def coverage(table) -> dict:
@@ -62,10 +62,6 @@ def coverage(table) -> dict:
     sidecar = Sidecar(table)
     recorded = len(table().proj() * sidecar.valid().proj()) if rows and sidecar.is_declared else 0
     return dict(rows=rows, recorded=recorded, no_record=rows - recorded)
-
-
-def _frozen(row: dict, names) -> tuple:
-    return tuple(str(row[name]) for name in names)
 
 
 __all__ = ["NO_RECORD", "JobMeter", "Recorder", "Sidecar", "code_hash", "coverage", "git_state", "of", "records",

@@ -166,6 +166,11 @@ class Sidecar(dj.Table):
         return f"({key}, row_id) IN ({self._row_ids().make_sql()})"
 
 
+def key_values(row: dict, names) -> tuple:
+    """Return the values of ``names`` in ``row`` as text: a key to match rows and records by."""
+    return tuple(str(row[name]) for name in names)
+
+
 def has_column(table, column: str) -> bool:
     """Return whether ``table`` (declared) has ``column``, hidden or not, as the server's catalogue says now."""
     cursor = table.connection.query(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from neuropipe.provenance.code import code_hash
 from neuropipe.provenance.record import row_hash, upstream
-from neuropipe.provenance.sidecar import NO_RECORD, Sidecar
+from neuropipe.provenance.sidecar import NO_RECORD, Sidecar, key_values
 
 
 @dataclass
@@ -86,13 +86,13 @@ def own_staleness(table) -> list[tuple[dict, str]]:
     """Return ``(key, reason)`` for the rows of ``table`` whose own code or settings changed."""
     instance = table()
     primary = instance.primary_key
-    recorded = {_frozen(row, primary): row for row in
+    recorded = {key_values(row, primary): row for row in
                 (instance.proj() * Sidecar(instance).ensure().valid().proj("code_hash", "params_hash")).to_dicts()}
     current_code = code_hash(table)
     settings = _settings_hashes(instance)
     stale = []
     for row in instance.proj().to_dicts():
-        record = recorded.get(_frozen(row, primary))
+        record = recorded.get(key_values(row, primary))
         if record is None:
             stale.append((row, NO_RECORD))
         elif record["code_hash"] != current_code:
@@ -172,7 +172,3 @@ def _descends(table, ancestor) -> bool:
 
 def _shares_key(table, ancestor) -> bool:
     return set(ancestor().primary_key) <= set(table().primary_key)
-
-
-def _frozen(row: dict, names) -> tuple:
-    return tuple(str(row[name]) for name in names)
