@@ -44,7 +44,7 @@ from neuropipe import ops
 from neuropipe.config import Settings
 from neuropipe.database import connect
 from neuropipe.io.stored import open_stored
-from neuropipe.supervisor import cpu_share
+from neuropipe.worker.supervisor import cpu_share
 
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_cells": 1_000_000}
 SPHERES = {"method": "spheres", "threshold": 0.3, "stop": 0.4, "sphere_size": 10, "dilation": 2,
@@ -54,7 +54,7 @@ METHODS = {"components": COMPONENTS, "spheres": SPHERES}
 WORKER = """
 import json, os, sys
 import schemas
-from neuropipe import registry, resources
+from neuropipe.worker import registry, resources
 from neuropipe.config import load_settings
 from neuropipe.database import connect
 from neuropipe.pipeline import pipeline_tables
@@ -196,9 +196,8 @@ def register_volume_and_model(settings: Settings, folder: Path, source: str, mod
     into blocks of that shape (blocking ``bench``) instead of the default.
     """
     import schemas
-    from neuropipe import registry
     from neuropipe.pipeline import pipeline_tables
-    from neuropipe.worker import run_worker
+    from neuropipe.worker import registry, run_worker
 
     connection = connect(settings)
     schemas.activate(settings.schema_prefix, connection)
@@ -244,7 +243,7 @@ def main() -> None:
                         help="detection methods to run (default both; spheres are slow on large volumes)")
     args = parser.parse_args()
     import schemas
-    from neuropipe import registry
+    from neuropipe.worker import registry
 
     folder = Path(tempfile.mkdtemp(prefix="bench-blockwise-"))
     shape, block = tuple(args.shape), tuple(args.block)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(SUPPORT))
 
 import toy_pipeline  # noqa: E402
 
-from neuropipe import registry  # noqa: E402
 from neuropipe.config import Settings  # noqa: E402
 from neuropipe.database import connect, import_datajoint  # noqa: E402
+from neuropipe.worker import registry  # noqa: E402
 
 
 def start_worker(prefix: str, heartbeat: float, log) -> subprocess.Popen:

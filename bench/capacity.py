@@ -45,9 +45,9 @@ def client(settings, schema_name: str, prefix: str, seconds: float, batch: bool,
     """
     import toy_pipeline
 
-    from neuropipe import registry
     from neuropipe.database import connect, import_datajoint
-    from neuropipe.jobs import Identity, JobQueue
+    from neuropipe.worker import registry
+    from neuropipe.worker.jobs import Identity, JobQueue
 
     dj = import_datajoint()
     connection = connect(settings)
@@ -78,7 +78,7 @@ def rate(settings, clients: int, seconds: float, jobs: int, batch: bool) -> floa
         schema_name = tables.Item.database
         prefix = schema_name[:-len("toy")]
         insert_items(tables, 0, jobs)
-        from neuropipe.jobs import Identity, JobQueue
+        from neuropipe.worker.jobs import Identity, JobQueue
 
         JobQueue(tables.Square, Identity("filler", "capacity", 0, "bench"), provenance=False).refresh()
         context = multiprocessing.get_context("spawn")

@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import settings_for  # noqa: E402
 from worker_runs import toy_schema  # noqa: E402
 
-from neuropipe import status  # noqa: E402
-from neuropipe.jobs import Identity, JobQueue  # noqa: E402
+from neuropipe.worker import status  # noqa: E402
+from neuropipe.worker.jobs import Identity, JobQueue  # noqa: E402
 
 BATCH = 16
 

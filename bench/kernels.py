@@ -43,11 +43,11 @@ from bench_blockwise import register_volume_and_model  # noqa: E402
 from bench_demo import run_by_hand  # noqa: E402
 from overhead import settings_for  # noqa: E402
 
-from neuropipe import demo, ops, provenance, registry  # noqa: E402
+from neuropipe import demo, ops, provenance  # noqa: E402
 from neuropipe.database import connect  # noqa: E402
 from neuropipe.io.stored import open_stored  # noqa: E402
 from neuropipe.pipeline import pipeline_tables  # noqa: E402
-from neuropipe.worker import run_worker  # noqa: E402
+from neuropipe.worker import registry, run_worker  # noqa: E402
 
 INFERENCE = {"tile": 64, "overlap": 8, "precision": "float32"}
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 20, "max_cells": 1_000_000}

@@ -44,10 +44,13 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import toy_pipeline  # noqa: E402
 
-from neuropipe import registry  # noqa: E402
 from neuropipe.config import Settings  # noqa: E402
 from neuropipe.database import connect, import_datajoint  # noqa: E402
-from neuropipe.worker import Worker, WorkerOptions  # noqa: E402
+from neuropipe.worker import (  # noqa: E402
+    Worker,
+    WorkerOptions,
+    registry,  # noqa: E402
+)
 
 SERVERS = {"postgresql": ("127.0.0.1", 5432, "root"), "mysql": ("127.0.0.1", 3306, "root")}
 DURABLE_COMMITS = {"postgresql": "SELECT wal_sync FROM pg_stat_wal",

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import settings_for  # noqa: E402
 from worker_runs import toy_schema, worker_process  # noqa: E402
 
-from neuropipe import provenance, registry  # noqa: E402
+from neuropipe import provenance  # noqa: E402
+from neuropipe.worker import registry  # noqa: E402
 
 
 def throughput(settings, table: str, jobs: int, workers: int, **environment) -> dict:

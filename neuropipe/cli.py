@@ -202,9 +202,9 @@ def _pipeline(args):
 
 def _modules(args):
     """Connect, bind the registry and the pipeline modules; return the modules."""
-    from neuropipe import registry
     from neuropipe.database import connect, retrying_declaration
     from neuropipe.pipeline import load_pipeline
+    from neuropipe.worker import registry
 
     settings = load_settings()
     connection = connect(settings)
@@ -213,9 +213,8 @@ def _modules(args):
 
 
 def _worker(args) -> int:
-    from neuropipe import resources, supervisor
-    from neuropipe.failures import keep_trying
-    from neuropipe.worker import Worker
+    from neuropipe.worker import Worker, resources, supervisor
+    from neuropipe.worker.failures import keep_trying
 
     if args.gpus == "pinned":  # a supervisor's child, given one GPU
         gpus = [int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])]
@@ -261,7 +260,7 @@ def _watch(args) -> int:
 
 
 def _status(args) -> int:
-    from neuropipe import status
+    from neuropipe.worker import status
 
     tables = _pipeline(args)
     columns = ("done", "pending", "running", "error", "ignored")
@@ -285,7 +284,7 @@ def _status(args) -> int:
 
 
 def _errors(args) -> int:
-    from neuropipe import status
+    from neuropipe.worker import status
 
     failed = status.failed_jobs(_pipeline(args), pattern=args.table, tracebacks=args.traceback)
     for job in failed:
@@ -298,7 +297,7 @@ def _errors(args) -> int:
 
 
 def _retry(args) -> int:
-    from neuropipe import status
+    from neuropipe.worker import status
 
     count = status.retry(_pipeline(args), pattern=args.table, key=args.key)
     print(f"re-queued {count} failed job(s); workers will take them up")

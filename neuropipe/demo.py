@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from neuropipe import ops, registry
+from neuropipe import ops
 from neuropipe.config import Settings, data_home
 from neuropipe.database import connect
 from neuropipe.io import format_bbox, open_source, parse_source
 from neuropipe.pipeline import pipeline_tables
-from neuropipe.worker import run_worker
+from neuropipe.worker import registry, run_worker
 
 SAMPLE_SHAPE = (24, 128, 128)
 # The small synthetic sample (24 slices of 128 x 128, a half-minute budget) trains with its own

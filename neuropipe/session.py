@@ -16,12 +16,11 @@ import sys
 import time
 from types import ModuleType
 
-from neuropipe import registry
 from neuropipe.config import Settings, load_settings
 from neuropipe.database import connect as open_connection
 from neuropipe.database import retrying_declaration
 from neuropipe.pipeline import load_pipeline, pipeline_tables, upstream_first
-from neuropipe.worker import TableTally, Worker, WorkerOptions
+from neuropipe.worker import TableTally, Worker, WorkerOptions, registry
 
 #: The pipeline modules the latest :func:`connect` bound, which :func:`populate` serves by default.
 _BOUND: list[ModuleType] = []

@@ -13,8 +13,7 @@ import numpy as np
 from neuropipe import blockwise, ops
 from neuropipe.config import load_settings
 from neuropipe.database import import_datajoint
-from neuropipe.errors import BadInputError
-from neuropipe.failures import TransientError
+from neuropipe.errors import BadInputError, TransientError
 from neuropipe.io import open_source, parse_bbox, parse_source, read_volume, stored, voxel_size
 from neuropipe.io.sources import box_slices, read_part
 

@@ -124,8 +124,8 @@ def settings(request, tmp_path_factory) -> Settings:
 def pipeline(settings):
     """The bundled pipeline bound to fresh schemas on one backend; dropped afterwards."""
     import schemas
-    from neuropipe import registry
     from neuropipe.database import connect
+    from neuropipe.worker import registry
 
     connection = connect(settings)
     schemas.activate(settings.schema_prefix, connection)

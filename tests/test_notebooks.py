@@ -54,9 +54,9 @@ def test_notebook_runs(notebook, embedded_server, tmp_path, monkeypatch):
 def _drop_schemas(prefix: str, info) -> None:
     """Drop whatever the notebook's kernel declared under ``prefix``."""
     import schemas
-    from neuropipe import registry
     from neuropipe.config import load_settings
     from neuropipe.database import connect
+    from neuropipe.worker import registry
 
     settings = load_settings()
     connection = connect(settings)

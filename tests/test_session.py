@@ -7,8 +7,8 @@ import pytest
 
 import neuropipe
 import schemas
-from neuropipe import cli, provenance, registry
-from neuropipe.worker import WorkerOptions
+from neuropipe import cli, provenance
+from neuropipe.worker import WorkerOptions, registry
 
 
 @pytest.mark.parametrize("settings", ["postgresql", "mysql"], indirect=True)

@@ -21,8 +21,7 @@ from itertools import product
 
 import numpy as np
 
-from neuropipe.errors import BadInputError
-from neuropipe.failures import TransientError, backoff_seconds
+from neuropipe.errors import BadInputError, TransientError, backoff_seconds
 from neuropipe.io.volume import OpenVolume, Slices, to_nm
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from neuropipe.errors import BadInputError
-from neuropipe.failures import TransientError
+from neuropipe.errors import BadInputError, TransientError
 from neuropipe.io.bbox import check_inside, parse_bbox
 from neuropipe.io.volume import OpenVolume
 

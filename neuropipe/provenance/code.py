@@ -30,9 +30,8 @@ from neuropipe import __version__
 OWN_PACKAGES = ("neuropipe", "schemas")
 #: The framework's machinery: how jobs run, not what they compute (never part of a code hash).
 MACHINERY = ("neuropipe", "neuropipe.cli", "neuropipe.config", "neuropipe.database", "neuropipe.demo",
-             "neuropipe.embedded", "neuropipe.errors", "neuropipe.failures", "neuropipe.jobs", "neuropipe.registry",
-             "neuropipe.resources", "neuropipe.status", "neuropipe.supervisor", "neuropipe.watch", "neuropipe.worker",
-             "neuropipe.provenance", "neuropipe.reports", "schemas")
+             "neuropipe.embedded", "neuropipe.errors", "neuropipe.watch", "neuropipe.worker", "neuropipe.provenance",
+             "neuropipe.reports", "schemas")
 
 
 @functools.lru_cache(maxsize=None)

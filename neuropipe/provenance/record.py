@@ -95,7 +95,7 @@ class Recorder:
         """Insert (or replace) provenance rows with one ``INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE``.
 
         Call inside the job's transaction; the job queue writes each row's ``row_id`` into
-        the made row in the same transaction (:meth:`~neuropipe.jobs.JobQueue.run`).  A record
+        the made row in the same transaction (:meth:`~neuropipe.worker.jobs.JobQueue.run`).  A record
         left by a deleted row whose key is made again is replaced.
         """
         columns = list(rows[0])

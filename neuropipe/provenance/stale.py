@@ -125,16 +125,13 @@ def _settings_hashes(table):
     return settings
 
 
-def recompute(found: list[StaleRows], queue=None) -> dict:
+def recompute(found: list[StaleRows]) -> dict:
     """Delete the stale rows (with what depends on them), purge the void records, queue the keys again.
 
     Parameters
     ----------
     found : list of StaleRows
         From :func:`find_stale`.
-    queue : callable, optional
-        ``queue(table)`` queues a table's missing keys (default: a
-        :class:`~neuropipe.jobs.JobQueue` refresh).
 
     Returns
     -------
@@ -148,20 +145,8 @@ def recompute(found: list[StaleRows], queue=None) -> dict:
             rows.delete(prompt=False)
     for stale in found:
         Sidecar(stale.table).purge()
-        (queue or _refresh)(stale.table)
+        stale.table().jobs.refresh()  # DataJoint's own: queues the missing keys, re-pends completed ones
     return deleted
-
-
-def _refresh(table) -> None:
-    import os
-    import platform
-    import uuid
-
-    from neuropipe import __version__
-    from neuropipe.jobs import Identity, JobQueue
-
-    identity = Identity(uuid.uuid4().hex, platform.node(), os.getpid(), f"neuropipe {__version__}")
-    JobQueue(table, identity, provenance=False).refresh()
 
 
 def _descends(table, ancestor) -> bool:

@@ -13,10 +13,11 @@ import datetime
 import logging
 from pathlib import Path
 
-from neuropipe import __version__, status
+from neuropipe import __version__
 from neuropipe.pipeline import classes_around
 from neuropipe.reports import collect, html, images, neuroglancer, plots
 from neuropipe.reports.results import dataset_results
+from neuropipe.worker import status
 
 logger = logging.getLogger(__name__)
 MAX_PANELS = 24  # datasets drawn; the links list every one

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from boss_server import BossServer
 
-from neuropipe.errors import BadInputError
-from neuropipe.failures import TransientError
+from neuropipe.errors import BadInputError, TransientError
 from neuropipe.io import boss, read_volume, volume_shape, voxel_size
 
 

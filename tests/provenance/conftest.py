@@ -2,8 +2,8 @@
 
 import pytest
 
-from neuropipe import registry
 from neuropipe.database import connect, import_datajoint
+from neuropipe.worker import registry
 
 dj = import_datajoint()
 

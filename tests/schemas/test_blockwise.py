@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from neuropipe import ops, status
+from neuropipe import ops
 from neuropipe.io.stored import open_stored
 from neuropipe.pipeline import pipeline_tables
-from neuropipe.worker import run_worker
+from neuropipe.worker import run_worker, status
 
 SHAPE = (12, 96, 112)
 COMPONENTS = {"method": "components", "threshold": 0.5, "min_voxels": 5, "max_cells": 10_000}

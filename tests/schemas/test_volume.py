@@ -219,7 +219,7 @@ def test_a_connection_dropped_mid_download_is_retried_then_reported(pipeline, mo
         second = run_worker(pipeline_tables([volume]), **serve)
     assert first["Volume"].made == 1 and second["Volume"].failed == 1
     np.testing.assert_array_equal(volume.Volume.open_image({"dataset": "flaky"}), image)
-    from neuropipe import registry
+    from neuropipe.worker import registry
 
     failures = (registry.Failure & {"table_name": volume.Volume.full_table_name}).to_dicts()
     assert sorted((row["job_key"]["dataset"], row["kind"]) for row in failures) == \

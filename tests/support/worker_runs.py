@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import toy_pipeline
 
-from neuropipe import registry
 from neuropipe.database import connect, import_datajoint
+from neuropipe.worker import registry
 
 SUPPORT = Path(__file__).resolve().parent
 
@@ -71,7 +71,7 @@ def wait_until(predicate, timeout, what):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def logs(folder, tail: int = 3000) -> str:
+def logs(folder, tail: int = 20000) -> str:
     """Return the ends of the worker logs (``worker*.log``) in ``folder``."""
     return "\n".join(f"--- {path.name}\n" + path.read_text(errors="replace")[-tail:]
                      for path in sorted(Path(folder).glob("worker*.log")))

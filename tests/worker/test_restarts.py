@@ -34,7 +34,7 @@ import pytest
 from private_servers import wait_for
 from worker_runs import logs, toy_schema, wait_until, worker_process
 
-from neuropipe import registry
+from neuropipe.worker import registry
 
 PHASES = ("claim", "make", "after-make", "commit")
 RESTARTS_PER_PHASE = 5
@@ -67,7 +67,7 @@ class Fleet:
         self.items: list[int] = []
         self.rounds: list[Round] = []
         # One job per transaction: each claim shows in the job row, where the phases are staged.
-        # (Batches, whose claims stay inside their transaction, are tested in test_worker.py.)
+        # (Batches, whose claims stay inside their transaction, are tested in test_loop.py.)
         self.workers = [worker_process(settings, state / f"worker{index}.log", "--reconnect-cap", str(RECONNECT_CAP),
                                        "--batch", "1", tables=("Gated",), heartbeat=HEARTBEAT, TOY_STATE=state)
                         for index in range(WORKERS)]

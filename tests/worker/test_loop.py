@@ -14,9 +14,8 @@ import pytest
 import toy_pipeline
 from worker_runs import logs, toy_schema, wait_until, worker_process
 
-from neuropipe import registry, status
-from neuropipe.resources import Resources
-from neuropipe.worker import Worker, WorkerOptions, run_worker
+from neuropipe.worker import Worker, WorkerOptions, registry, run_worker, status
+from neuropipe.worker.resources import Resources
 
 SERVERS = pytest.mark.parametrize("settings", ["postgresql", "mysql"], indirect=True)
 HEARTBEAT = 1.0
@@ -256,7 +255,7 @@ def test_workers_ride_out_a_database_restart(toy, settings, tmp_path, embedded_s
     time.sleep(2)
     embedded_server.ensure_running()
     assert worker.wait(timeout=180) == 0, logs(tmp_path)
-    assert "database unreachable" in logs(tmp_path)
+    assert "database unreachable" in (tmp_path / "worker.log").read_text()
     toy.Item.connection.connect()  # this test's own connection broke with the restart too
     assert len(toy.Square()) == 40 and not toy.Square().jobs.reserved and not toy.Square().jobs.errors, logs(tmp_path)
 

@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from neuropipe.resources import limit_malloc_arenas
+from neuropipe.worker.resources import limit_malloc_arenas
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are a glibc setting")

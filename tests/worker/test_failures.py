@@ -3,7 +3,8 @@
 import pymysql
 import pytest
 
-from neuropipe.failures import TransientError, describe, is_transient, keep_trying
+from neuropipe.errors import TransientError
+from neuropipe.worker.failures import describe, is_transient, keep_trying
 
 
 @pytest.mark.parametrize("error, transient", [

@@ -3,15 +3,17 @@
 Transient failures (a lost database connection, a timeout, CUDA out of memory, a killed
 child process) may succeed on another attempt, so a worker re-queues the job with
 exponential backoff.  Everything else (bad input, bad parameters, a bug) would fail the same
-way again, so it goes straight to ``error`` with its message.  A table may name further
+way again, so it goes straight to ``error`` with its message.  Raising
+:class:`~neuropipe.errors.TransientError` asks for another attempt.  A table may name further
 transient exception types in a class attribute ``transient_errors``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
+
+from neuropipe.errors import backoff_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,6 @@ TRANSIENT_NAMES = frozenset({
 # Words of server answers that no retry changes, whatever the exception's class says
 # (pymysql and psycopg2 raise OperationalError for a wrong password too).
 PERMANENT_TEXT = ("access denied", "authentication failed", "permission denied")
-
-
-class TransientError(Exception):
-    """Raise from a ``make()`` to ask for another attempt later (e.g. a busy service)."""
 
 
 def is_transient(error: BaseException, table=None) -> bool:
@@ -60,18 +58,6 @@ def is_transient(error: BaseException, table=None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
-
-
-def backoff_seconds(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
-    """Return the wait before attempt ``attempt + 1``: exponential, capped, with jitter.
-
-    Examples
-    --------
-    >>> 2.0 <= backoff_seconds(1) <= 2.5 and 8.0 <= backoff_seconds(3) <= 10.0
-    True
-    """
-    delay = min(cap, base * 2 ** (attempt - 1))
-    return delay * (1 + 0.25 * random.random())
 
 
 def describe(error: BaseException) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from neuropipe import registry
+from neuropipe.worker import registry
 
 STATUSES = ("pending", "reserved", "success", "error", "ignore")
 

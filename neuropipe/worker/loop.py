@@ -3,7 +3,7 @@
 The schema is the DAG and DataJoint's per-table job tables are the queue.  A
 :class:`Worker` walks the Imported and Computed tables it serves, upstream first; for
 each it queues new keys, claims jobs atomically and runs them through
-:class:`~neuropipe.jobs.JobQueue`.  It registers itself in the worker registry and
+:class:`~neuropipe.worker.jobs.JobQueue`.  It registers itself in the worker registry and
 heartbeats from a thread of its own, so that other workers can tell a slow job from a dead
 worker: a job whose worker stopped heartbeating for two intervals, or whose process is gone
 from this host, goes back to the queue.  The first SIGTERM/SIGINT finishes the current job
@@ -16,11 +16,12 @@ settled on its first successful contact with the server, whichever code path rec
 (neuropipe's or DataJoint's own automatic reconnect): each job goes back to the queue, or
 counts as done where its rows were in fact committed.  As a second line of defence the
 heartbeat hands back any reservation carrying this process's identity that no worker of the
-process holds (see :class:`~neuropipe.jobs.Holdings`).
+process holds (see :class:`~neuropipe.worker.jobs.Holdings`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -28,12 +29,14 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, fields
 
-from neuropipe import __version__, failures, registry
-from neuropipe.database import DatabaseContact, open_like
-from neuropipe.jobs import Identity, JobQueue
-from neuropipe.resources import Resources, local_resources, return_free_memory
+from neuropipe import __version__
+from neuropipe.database import open_like
+from neuropipe.worker import failures, registry
+from neuropipe.worker.contact import DatabaseContact
+from neuropipe.worker.jobs import Identity, JobQueue
+from neuropipe.worker.options import TableTally, WorkerOptions
+from neuropipe.worker.resources import Resources, local_resources, return_free_memory
 
 LONG_JOB_SECONDS = 0.25  # after a job this long, free heap pages go back to the OS (about 1 ms)
 logger = logging.getLogger(__name__)
@@ -41,109 +44,6 @@ logger = logging.getLogger(__name__)
 
 class StopNow(BaseException):
     """Raised in the main thread by a second stop signal: abandon the current job."""
-
-
-@dataclass
-class TableTally:
-    """What one worker did on one table."""
-
-    table: str
-    made: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    errors: list = field(default_factory=list)
-
-
-def _option(default, help: str, metavar: str | None = None):
-    """Declare a worker option: its default, and the help its command-line flag shows."""
-    return field(default=default, metadata={"help": help, "metavar": metavar})
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How a worker behaves: declared once, for :class:`Worker`, ``neuropipe worker`` and :func:`neuropipe.populate`.
-
-    Each field is a keyword of :func:`neuropipe.populate` and :func:`run_worker` and a flag
-    of ``neuropipe worker`` (``max_idle`` is ``--max-idle``; the boolean ``provenance`` is
-    ``--no-provenance``), with the help text given here; :meth:`argv` gives the flags back,
-    for worker processes a supervisor starts.
-
-    Attributes
-    ----------
-    heartbeat : float
-        Seconds between heartbeats; a worker silent for twice that is presumed dead.
-    poll : float
-        Seconds between looks for work when there is none.
-    max_idle : float or None
-        Stop after this long without work (0: drain once); None serves forever.
-    max_jobs : int or None
-        Stop after this many jobs.
-    max_retries : int
-        Further attempts of a job after a transient failure.
-    retry_backoff : float
-        Seconds before the first retry of a transient failure; doubled for each further one.
-    batch : int or None
-        Jobs made per transaction.  None (the default) chooses from measured job durations:
-        one at a time, each visible as ``reserved`` while it runs, until jobs prove shorter
-        than 0.1 s, then batches of about 0.5 s of work committed once
-        (:meth:`~neuropipe.jobs.JobQueue.run_batch`).  1 always claims jobs one by one.
-    reconnect_cap : float
-        Longest wait, in seconds, between attempts to reach a database that is down
-        (the waits start at 1 s and double).
-    wait_for_database : float
-        Seconds a starting worker keeps trying to reach its database before giving up.
-    provenance : bool
-        Record each row's provenance (code, settings, worker, time, CPU, memory) in the
-        table's sidecar (:mod:`neuropipe.provenance`); on by default.
-    restrictions : tuple
-        Restrictions of every table's ``key_source`` (not a flag: given in Python only).
-    """
-
-    heartbeat: float = _option(10.0, "seconds between heartbeats; silent for twice that = presumed dead (default 10)")
-    poll: float = _option(5.0, "seconds between looks for new work (default 5)")
-    max_idle: float | None = _option(None, "exit 0 after this many seconds without work (0: drain once)")
-    max_jobs: int | None = _option(None, "exit after this many jobs")
-    max_retries: int = _option(3, "retries of a transiently failed job (default 3)")
-    retry_backoff: float = _option(2.0, "seconds before the first retry of a transient failure, doubled for "
-                                        "each further one (default 2)")
-    batch: int | None = _option(None, "jobs per transaction (default: from measured durations: 1 for jobs over "
-                                      "0.1 s, batches of about 0.5 s of work for shorter ones)")
-    reconnect_cap: float = _option(30.0, "longest wait in seconds between attempts to reach a database that is "
-                                         "down (default 30)")
-    wait_for_database: float = _option(300.0, "at start, keep trying to reach the database this long (default 300)",
-                                       metavar="SECONDS")
-    provenance: bool = _option(True, "do not record each row's provenance (code, settings, time, memory)")
-    restrictions: tuple = field(default=(), metadata={"flag": False})
-
-    def __post_init__(self):
-        object.__setattr__(self, "restrictions", tuple(self.restrictions))
-
-    @classmethod
-    def flags(cls) -> list:
-        """Return the fields that are command-line flags, in declaration order."""
-        return [option for option in fields(cls) if option.metadata.get("flag", True)]
-
-    @classmethod
-    def create(cls, **options) -> WorkerOptions:
-        """Return options from keywords, naming a keyword that is none (e.g. a misspelt ``max_idel``)."""
-        known = {option.name for option in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"unknown worker option(s) {', '.join(unknown)}; the options are "
-                            f"{', '.join(sorted(known))}")
-        return cls(**options)
-
-    def argv(self) -> list[str]:
-        """Return the ``neuropipe worker`` flags that give these options (those that differ from the defaults)."""
-        argv = []
-        for option in self.flags():
-            value = getattr(self, option.name)
-            if value == option.default:
-                continue
-            flag = "--" + option.name.replace("_", "-")
-            argv.append(f"--no-{flag[2:]}" if value is False else f"{flag}={value}")
-        return argv
 
 
 def run_worker(tables, **options) -> dict[str, TableTally]:
@@ -168,7 +68,7 @@ class Worker:
 
     Notes
     -----
-    :meth:`serve` binds the worker registry (:mod:`neuropipe.registry`) to the configured
+    :meth:`serve` binds the worker registry (:mod:`neuropipe.worker.registry`) to the configured
     prefix unless it is bound already, on the tables' connection.
     """
 
@@ -324,36 +224,26 @@ class Worker:
         return sum(t.made + t.skipped + t.failed for t in self.tally.values()) >= self.options.max_jobs
 
     def _run(self, queue: JobQueue, key: dict) -> None:
-        tally = self.tally[queue.name]
-        self._heartbeat.current = (queue.table.full_table_name, key)
+        """Make one claimed job; record its failure, or keep it for settling when the connection went."""
         start = time.perf_counter()
         try:
-            outcome = queue.run(key)
+            with self._current(queue, key):
+                outcome = queue.run(key)
         except StopNow:
             queue.release([key])
             raise
         except Exception as error:
-            if self._contact.lost() or not self._contact.alive():
-                # not the job's failure: settled on reconnection, not counted as an attempt
-                self._interrupted = [(queue, key)]
+            if self._cut_off(queue, [key]):
                 raise
-            if queue.fail(key, error, max_retries=self.options.max_retries,
-                          backoff=self.options.retry_backoff) == "error":
-                tally.failed += 1
-                tally.errors.append((key, str(error)))
+            self._record_failure(queue, key, error)
         else:
-            tally.made += outcome == "done"
-            tally.skipped += outcome == "skipped"
+            self.tally[queue.name].made += outcome == "done"
+            self.tally[queue.name].skipped += outcome == "skipped"
             logger.info("%s %s %s in %.1f s", queue.name, key, outcome, time.perf_counter() - start)
         finally:
             queue.forget([key])
-            elapsed = time.perf_counter() - start
-            queue.observe(elapsed)
-            tally.seconds += elapsed
-            if elapsed > LONG_JOB_SECONDS:
-                return_free_memory()
-            self._heartbeat.current = ("", None)
-        self._show_progress()
+            queue.observe(time.perf_counter() - start)
+            self._after(queue, time.perf_counter() - start)
 
     def _batch_size(self, queue: JobQueue) -> int:
         """Return how many jobs of ``queue`` to make in the next transaction (within ``max_jobs``)."""
@@ -365,41 +255,65 @@ class Worker:
     def _run_batch(self, queue: JobQueue, count: int) -> bool:
         """Make up to ``count`` jobs of ``queue`` in one transaction; return whether it claimed any."""
         tally = self.tally[queue.name]
-        self._heartbeat.current = (queue.table.full_table_name, {"batch of up to": count})
         start = time.perf_counter()
         try:
-            outcome = queue.run_batch(count, keep_going=lambda: not self.stopping)
+            with self._current(queue, {"batch of up to": count}):
+                outcome = queue.run_batch(count, keep_going=lambda: not self.stopping)
         except StopNow:
             queue.forget(queue.batch_keys)
             raise
         except Exception:
-            if self._contact.lost() or not self._contact.alive():
-                self._interrupted = [(queue, key) for key in queue.batch_keys]
-            else:
+            if not self._cut_off(queue, queue.batch_keys):
                 queue.forget(queue.batch_keys)
             raise
-        finally:
-            self._heartbeat.current = ("", None)
         elapsed = time.perf_counter() - start
         tally.made += len(outcome.done)
         tally.skipped += len(outcome.skipped)
-        tally.seconds += elapsed
         for key, error in outcome.failed:
-            try:
-                if queue.fail(key, error, max_retries=self.options.max_retries,
-                              backoff=self.options.retry_backoff) == "error":
-                    tally.failed += 1
-                    tally.errors.append((key, str(error)))
-            finally:
-                queue.forget([key])
+            self._record_failure(queue, key, error)
         if outcome.done or outcome.skipped:
             queue.observe(elapsed, len(outcome.done) + len(outcome.skipped))
             logger.info("%s: %d done, %d skipped in one transaction, %.3f s", queue.name, len(outcome.done),
                         len(outcome.skipped), elapsed)
+        self._after(queue, elapsed)
+        return outcome.claimed > 0
+
+    @contextlib.contextmanager
+    def _current(self, queue: JobQueue, what):
+        """Show ``what`` (a key, or a batch) as this worker's current job in its heartbeats while the block runs."""
+        self._heartbeat.current = (queue.table.full_table_name, what)
+        try:
+            yield
+        finally:
+            self._heartbeat.current = ("", None)
+
+    def _cut_off(self, queue: JobQueue, keys) -> bool:
+        """Return whether the connection went with the error being handled: then it is not the jobs' failure.
+
+        Their ``keys`` are kept for settling on reconnection (:meth:`_settle_if_reconnected`);
+        the attempt does not count.
+        """
+        if self._contact.lost() or not self._contact.alive():
+            self._interrupted = [(queue, key) for key in keys]
+            return True
+        return False
+
+    def _record_failure(self, queue: JobQueue, key: dict, error: Exception) -> None:
+        """Record a failed job in the job table (re-queued with backoff, or ``error``) and in the tallies."""
+        try:
+            if queue.fail(key, error, max_retries=self.options.max_retries,
+                          backoff=self.options.retry_backoff) == "error":
+                self.tally[queue.name].failed += 1
+                self.tally[queue.name].errors.append((key, str(error)))
+        finally:
+            queue.forget([key])
+
+    def _after(self, queue: JobQueue, elapsed: float) -> None:
+        """Count a job's or a batch's time, give freed memory back after a long one, show progress."""
+        self.tally[queue.name].seconds += elapsed
         if elapsed > LONG_JOB_SECONDS:
             return_free_memory()
         self._show_progress()
-        return outcome.claimed > 0
 
     def _show_progress(self) -> None:
         if self.progress is not None:

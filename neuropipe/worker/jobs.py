@@ -13,7 +13,7 @@ and keeps every state in that table so what DataJoint users already query shows 
 - ``run_batch`` is the same for many short jobs at once: it claims them inside one
   transaction (locked, so other workers skip them), makes them one after another and
   commits once: one durable commit for the batch;
-- ``fail`` records the attempt in :class:`~neuropipe.registry.Failure` and either
+- ``fail`` records the attempt in :class:`~neuropipe.worker.registry.Failure` and either
   re-queues the job with backoff (transient failures) or marks it ``error`` (permanent);
 - ``release`` and ``reset_orphans`` hand reservations back to the queue;
 - ``hand_back_strays`` settles the reservations that carry this process's identity but that
@@ -28,89 +28,26 @@ process holds is kept in :data:`HOLDINGS`, so one process may run several worker
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import logging
 import random
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 
-from neuropipe import compat, failures, registry
+from neuropipe import compat
 from neuropipe.database import case_by_key, import_datajoint, key_in, retrying_declaration
 from neuropipe.provenance import JobMeter, Recorder
 from neuropipe.provenance.sidecar import ROW_ID
+from neuropipe.worker import failures, registry
+from neuropipe.worker.batch import Batches
+from neuropipe.worker.holdings import HOLDINGS, Identity, frozen_key
+from neuropipe.worker.make import call_make
 
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
 Not = dj.condition.Not
 
-SHORT_JOB_SECONDS = 0.1  # jobs shorter than this are made in batches, one commit per batch
-BATCH_SECONDS = 0.5  # a batch holds about this much work: what a crash or a failed job makes redone
-MAX_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who claims jobs: written into the job table's host, pid and version columns."""
-
-    worker_id: str
-    host: str
-    pid: int
-    version: str
-
-
-class Holdings:
-    """The jobs this process holds: claimed by one of its workers and not yet settled.
-
-    A reservation carrying this process's identity that is not held here is a *stray*: the
-    process lost track of it (for example the reply to its claim never arrived), so nobody
-    would ever finish or release it.  Claims hold :attr:`lock` from their ``UPDATE`` until
-    the keys are recorded, and the hand-back of strays holds it from its last look at the
-    holdings to its ``UPDATE``, so a fresh claim is never taken for a stray.
-    """
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self._keys: dict[str, set] = {}
-
-    def add(self, table: str, keys) -> None:
-        """Record ``keys`` of ``table`` as held."""
-        self._keys.setdefault(table, set()).update(map(_frozen, keys))
-
-    def discard(self, table: str, keys) -> None:
-        """Forget ``keys`` of ``table`` (finished, released, or lost track of)."""
-        self._keys.get(table, set()).difference_update(map(_frozen, keys))
-
-    def holds(self, table: str, key: dict) -> bool:
-        """Return whether a worker of this process holds ``key`` of ``table``."""
-        return _frozen(key) in self._keys.get(table, ())
-
-
-HOLDINGS = Holdings()
-
-
-def _frozen(key: dict) -> tuple:
-    return tuple(sorted((name, str(value)) for name, value in key.items()))
-
-
-@dataclass
-class BatchOutcome:
-    """What :meth:`JobQueue.run_batch` did: keys made and committed, keys whose rows existed, a failure.
-
-    ``failed`` holds at most one (key, error): the make that raised.  Its batch was rolled
-    back (the other keys are pending again, for the next batch) and the key alone is
-    reserved by this worker, for :meth:`JobQueue.fail`.
-    """
-
-    done: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    failed: list = field(default_factory=list)
-    claimed: int = 0
-
-
-class JobQueue:
+class JobQueue(Batches):
     """The job queue of one auto-populated table, as one worker sees it.
 
     Parameters
@@ -216,17 +153,22 @@ class JobQueue:
     def _reserve_next(self, count: int) -> list[dict]:
         """PostgreSQL: reserve the next ``count`` due pending jobs in one statement and one asynchronous commit."""
         try:
-            cursor = self.connection.query(
-                f"BEGIN; SET LOCAL synchronous_commit TO OFF; "
-                f"UPDATE {self.jobs.full_table_name} SET {self._reservation} "
-                f"WHERE ({self._columns}) IN ({self._next_pending_sql(count, lock=True)}) RETURNING {self._columns}",
-                args=self._reservation_args, as_dict=True)
+            statement = "BEGIN; SET LOCAL synchronous_commit TO OFF; " + self._reserve_next_sql(count)
+            cursor = self.connection.query(statement, args=self._reservation_args, as_dict=True)
             claimed = [dict(key) for key in cursor.fetchall()]
             self.connection.query("COMMIT")
         except BaseException:
             self._rollback()
             raise
         return claimed
+
+    def _reserve_next_sql(self, count: int) -> str:
+        """PostgreSQL: the ``UPDATE ... RETURNING`` that reserves the next ``count`` due pending jobs.
+
+        Its locking read skips the jobs another worker is taking.  Arguments: :attr:`_reservation_args`.
+        """
+        return (f"UPDATE {self.jobs.full_table_name} SET {self._reservation} "
+                f"WHERE ({self._columns}) IN ({self._next_pending_sql(count, lock=True)}) RETURNING {self._columns}")
 
     @property
     def _reservation(self) -> str:
@@ -332,120 +274,6 @@ class JobQueue:
 
     # --- running ------------------------------------------------------------------------
 
-    def suggested_batch(self) -> int:
-        """Return how many jobs to make per transaction, from how long jobs here took so far.
-
-        One at a time (each claim visible as ``reserved`` while it runs) until jobs are known
-        to be short; then batches of about :data:`BATCH_SECONDS` of work, where the commit
-        would otherwise cost more than the job.
-        """
-        if self.typical_seconds is None or self.typical_seconds >= SHORT_JOB_SECONDS:
-            return 1
-        return int(min(MAX_BATCH, max(2, BATCH_SECONDS / max(self.typical_seconds, 1e-4))))
-
-    def observe(self, seconds: float, jobs: int = 1) -> None:
-        """Fold ``jobs`` jobs that took ``seconds`` in all into :attr:`typical_seconds`."""
-        each = seconds / max(jobs, 1)
-        self.typical_seconds = each if self.typical_seconds is None else 0.7 * self.typical_seconds + 0.3 * each
-
-    def run_batch(self, count: int, keep_going=lambda: True) -> BatchOutcome:
-        """Claim up to ``count`` pending jobs and make them in one transaction, committed once.
-
-        The claim locks the jobs (``FOR UPDATE SKIP LOCKED``: other workers pass them by) and
-        marks them reserved inside the transaction, so a worker that dies mid-batch leaves them
-        pending, as if never claimed.  Every job reported done was committed, with its rows,
-        its record and its job row, by the batch's one durable ``COMMIT``.
-
-        Parameters
-        ----------
-        count : int
-            Most jobs to claim.
-        keep_going : callable
-            Asked before each job; once it returns False the rest are released.
-
-        Returns
-        -------
-        BatchOutcome
-
-        Notes
-        -----
-        A make that raises rolls back the whole batch: the failed key is then reserved alone
-        for :meth:`fail`, the others return to the queue and are made again by the next batch
-        (at most :data:`BATCH_SECONDS` of work redone).
-        """
-        outcome = BatchOutcome()
-        table, name = self.table(), self.table.full_table_name
-        self.batch_keys = []
-        try:
-            self._begin()
-            with HOLDINGS.lock:
-                self.batch_keys = self._lock_pending(count)
-                HOLDINGS.add(name, self.batch_keys)
-            outcome.claimed = len(self.batch_keys)
-            timings, records = self._make_batch(table, keep_going, outcome)
-            self._complete_batch(table, timings, made=len(outcome.done), records=records)
-            if records:
-                self.recorder.write_rows(records)
-            self.connection.commit_transaction()
-        except _MakeFailed as failed:
-            self._rollback()
-            if isinstance(failed.error, dj.errors.LostConnectionError) or not compat.ping(self.connection):
-                raise failed.error from None  # not the job's failure: the worker settles the batch on reconnection
-            HOLDINGS.discard(name, [key for key in self.batch_keys if key is not failed.key])
-            return self._settle_failed(failed, BatchOutcome(claimed=outcome.claimed))
-        except BaseException:
-            self._rollback()
-            raise
-        HOLDINGS.discard(name, self.batch_keys)  # done, found done, or released by a stopping worker
-        return outcome
-
-    def _make_batch(self, table, keep_going, outcome: BatchOutcome) -> tuple[list, list]:
-        """Make the batch's jobs in turn (its rows exist: skipped); return their timings and provenance rows.
-
-        Timings are (key, start, duration), made jobs first; a make that raises is
-        :class:`_MakeFailed`.
-        """
-        existing = {_frozen(key) for key in self._keys_with_rows(self.batch_keys, self.connection)}
-        cache, records, made, skipped = {}, [], [], []
-        if self.recorder and self.batch_keys:
-            self.recorder.prefetch(self.batch_keys, cache)
-        for index, key in enumerate(self.batch_keys):
-            if not keep_going():
-                self._set_pending(self.batch_keys[index:], "released by a stopping worker", only_mine=True)
-                break
-            start = time.time()
-            if _frozen(key) in existing:
-                skipped.append((key, start, 0.0))
-                continue
-            meter = JobMeter() if self.recorder else None
-            try:
-                _call_make(table, key, None, self.identity.version)
-            except Exception as error:
-                raise _MakeFailed(key, error) from error
-            if self.recorder:
-                records.append(self.recorder.row(key, meter.finish(), cache))
-            made.append((key, start, time.time() - start))
-        outcome.done = [key for key, _, _ in made]
-        outcome.skipped = [key for key, _, _ in skipped]
-        return made + skipped, records
-
-    def _settle_failed(self, failed: "_MakeFailed", outcome: BatchOutcome) -> BatchOutcome:
-        """After a batch was rolled back for ``failed``: reserve its key alone and report it."""
-        key, error = failed.key, failed.error
-        name = self.table.full_table_name
-        with HOLDINGS.lock:
-            reserved = self._reserve([key])
-        if not reserved:  # another worker took it meanwhile
-            HOLDINGS.discard(name, [key])
-        elif isinstance(error, dj.errors.DuplicateError):  # its rows were made by another worker meanwhile
-            logger.warning("%s %s was made by another worker meanwhile; keeping theirs", self.name, key)
-            self._mark_done([key], self.connection, note="made by another worker meanwhile")
-            HOLDINGS.discard(name, [key])
-            outcome.skipped.append(key)
-        else:
-            outcome.failed.append((key, error))
-        return outcome
-
     def _begin(self) -> None:
         """Start a transaction in one round trip (DataJoint's own first pings the server).
 
@@ -458,17 +286,6 @@ class JobQueue:
         else:
             self.connection.query("BEGIN")
         compat.set_in_transaction(self.connection, True)
-
-    def _lock_pending(self, count: int) -> list[dict]:
-        """Within the transaction: lock up to ``count`` due pending jobs and reserve them for this worker."""
-        if self._postgres:
-            cursor = self.connection.query(
-                f"UPDATE {self.jobs.full_table_name} SET {self._reservation} WHERE ({self._columns}) IN "
-                f"({self._next_pending_sql(count, lock=True)}) RETURNING {self._columns}",
-                args=self._reservation_args, as_dict=True)
-            return [dict(key) for key in cursor.fetchall()]
-        keys = self.connection.query(self._next_pending_sql(count, lock=True), as_dict=True).fetchall()
-        return self._reserve([dict(key) for key in keys]) if keys else []
 
     def run(self, key: dict, make_kwargs: dict | None = None) -> str:
         """Call ``make(key)`` and mark the job done, in one transaction.
@@ -499,7 +316,7 @@ class JobQueue:
                 outcome = "skipped"
             else:
                 meter = JobMeter()
-                _call_make(table, key, make_kwargs, self.identity.version)
+                call_make(table, key, make_kwargs, self.identity.version)
                 records = [self.recorder.row(key, meter.finish())] if self.recorder else []
                 outcome = "done"
             self._complete_batch(table, [(key, start, time.time() - start)], made=outcome == "done", records=records)
@@ -508,10 +325,7 @@ class JobQueue:
             self.connection.commit_transaction()
         except dj.errors.DuplicateError:
             self._rollback()
-            logger.warning("%s %s was made by another worker meanwhile; keeping theirs", self.name, key)
-            self._begin()
-            self._complete_batch(table, [(key, start, time.time() - start)], made=0)
-            self.connection.commit_transaction()
+            self._keep_theirs(key)
             return "skipped"
         except BaseException:
             self._rollback()
@@ -566,7 +380,7 @@ class JobQueue:
     # --- internals ----------------------------------------------------------------------
 
     def _complete_batch(self, table, timings: list, made: int, records=()) -> None:
-        """Within the jobs' transaction: stamp the made rows, then mark each job 'success', one statement each.
+        """Within the jobs' transaction: stamp the made rows, then mark the jobs done, one statement each.
 
         ``timings`` holds (key, start, duration) per job; the first ``made`` were made here
         (the rest were found made already: nothing of theirs is stamped).  ``records`` are
@@ -575,24 +389,14 @@ class JobQueue:
         """
         if not timings:
             return
-        q = self.quote
         keys = [key for key, _, _ in timings]
-        durations, duration_args = self._case(keys, [duration for _, _, duration in timings])
-        where, where_args = self._key_in(keys)
         if made:
             self._stamp_rows(table, timings[:made], records)
-        owner = (self.identity.host, self.identity.pid)
-        if compat.settings_of(self.connection).jobs.keep_completed:
-            cursor = self.connection.query(
-                f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
-                f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('duration')}={durations}, {q('error_message')}='' "
-                f"WHERE {where} AND {self._owned_by()}", args=(*duration_args, *where_args, *owner))
-        else:
-            cursor = self.connection.query(f"DELETE FROM {self.jobs.full_table_name} WHERE {where} AND "
-                                           f"{self._owned_by()}", args=(*where_args, *owner))
-        if cursor.rowcount != len(keys):
+        durations = self._case(keys, [duration for _, _, duration in timings])
+        finished = self._mark_done(keys, self.connection, durations=durations)
+        if finished != len(keys):
             logger.warning("%s: %d of %d reservations were taken back meanwhile; their rows stand",
-                           self.name, len(keys) - cursor.rowcount, len(keys))
+                           self.name, len(keys) - finished, len(keys))
 
     def _stamp_rows(self, table, timings: list, records) -> None:
         """Write the made rows' hidden columns in one ``UPDATE``: DataJoint's job metadata, and provenance ids.
@@ -624,17 +428,29 @@ class JobQueue:
         """Return a CASE expression that is ``values[i]`` on the row of ``keys[i]``, and its arguments."""
         return case_by_key(self.connection, self.primary_key, keys, values)
 
-    def _mark_done(self, keys, connection, note: str) -> None:
-        """Mark this worker's reservations of ``keys`` done (jobs whose rows exist already)."""
+    def _mark_done(self, keys, connection, *, note: str = "", durations=None) -> int:
+        """Mark this worker's reservations of ``keys`` done; return how many it still held.
+
+        Done is ``success`` (with the note, and each job's duration where ``durations``, a
+        :meth:`_case` expression, gives it), or the job row deleted where DataJoint is set
+        not to keep completed jobs (``jobs.keep_completed``).
+        """
         q = self.quote
-        where = f"({self._condition(keys)}) AND {q('status')}='reserved' AND {self._owned_by()}"
-        owner = (self.identity.host, self.identity.pid)
-        if compat.settings_of(self.connection).jobs.keep_completed:
-            connection.query(f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
-                             f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('error_message')}=%s WHERE {where}",
-                             args=(note[:2047], *owner))
-        else:
-            connection.query(f"DELETE FROM {self.jobs.full_table_name} WHERE {where}", args=owner)
+        where, where_args = self._key_in(keys)
+        where = f"{where} AND {q('status')}='reserved' AND {self._owned_by()}"
+        where_args = [*where_args, self.identity.host, self.identity.pid]
+        if not compat.settings_of(self.connection).jobs.keep_completed:
+            return connection.query(f"DELETE FROM {self.jobs.full_table_name} WHERE {where}", args=where_args).rowcount
+        duration, duration_args = (f", {q('duration')}={durations[0]}", durations[1]) if durations else ("", [])
+        return connection.query(
+            f"UPDATE {self.jobs.full_table_name} SET {q('status')}='success', "
+            f"{q('completed_time')}=CURRENT_TIMESTAMP(3), {q('error_message')}=%s{duration} WHERE {where}",
+            args=(note[:2047], *duration_args, *where_args)).rowcount
+
+    def _keep_theirs(self, key: dict) -> None:
+        """Settle a job whose rows another worker made meanwhile (its insert was a duplicate): theirs stand."""
+        logger.warning("%s %s was made by another worker meanwhile; keeping theirs", self.name, key)
+        self._mark_done([key], self.connection, note="made by another worker meanwhile")
 
     def _keys_with_rows(self, keys, connection) -> list[dict]:
         """Return those of ``keys`` for which the table holds rows."""
@@ -643,8 +459,8 @@ class JobQueue:
         where, args = self._key_in(keys)
         found = connection.query(f"SELECT DISTINCT {self._columns} FROM {self.table.full_table_name} WHERE {where}",
                                  args=args, as_dict=True).fetchall()
-        found = {_frozen(key) for key in found}
-        return [key for key in keys if _frozen({name: key[name] for name in self.primary_key}) in found]
+        found = {frozen_key(key) for key in found}
+        return [key for key in keys if frozen_key({name: key[name] for name in self.primary_key}) in found]
 
     def _record_failure(self, key: dict, transient: bool, message: str) -> int:
         """Insert a Failure row; return how many uncleared attempts have failed."""
@@ -694,32 +510,3 @@ class JobQueue:
         return f"{self.quote('host')}=%s AND {self.quote('pid')}=%s"
 
 
-class _MakeFailed(Exception):
-    """A make in a batch raised: the batch is rolled back, then this key is settled alone."""
-
-    def __init__(self, key: dict, error: BaseException):
-        super().__init__(str(error))
-        self.key, self.error = key, error
-
-
-def _call_make(table, key: dict, make_kwargs, version: str) -> None:
-    """Call ``make()`` as DataJoint's own populate does (inserts allowed, upstream view, provenance)."""
-    from datajoint import provenance
-
-    make = compat.make_method(table)
-    compat.allow_inserts(table, key)
-    token = provenance.set_ingesting(table.full_table_name, key, version)
-    try:
-        if inspect.isgeneratorfunction(make):  # tripartite make: fetch, compute, insert
-            steps = make(dict(key), **(make_kwargs or {}))
-            next(steps)
-            result = next(steps)
-            try:
-                steps.send(result)
-            except StopIteration:
-                pass
-        else:
-            make(dict(key), **(make_kwargs or {}))
-    finally:
-        provenance.reset_ingesting(token)
-        compat.allow_inserts(table, None)
