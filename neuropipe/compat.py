@@ -7,7 +7,8 @@ does not document as public.  They are all used here and nowhere else, and :data
 lists them: :func:`missing_internals` (and ``tests/test_compat.py``) names any that a
 DataJoint upgrade removed, rather than letting a worker fail on it mid-job.
 
-Tested against DataJoint 2.3.5 (the version ``pyproject.toml`` pins).
+Tested against DataJoint 2.3.5; ``pyproject.toml`` admits any 2.x from it on, because an upgrade that
+removes one of these names fails ``tests/test_compat.py`` by name instead of a worker mid-job.
 """
 
 from __future__ import annotations
