@@ -288,7 +288,8 @@ def _errors(args) -> int:
 
     failed = status.failed_jobs(_pipeline(args), pattern=args.table, tracebacks=args.traceback)
     for job in failed:
-        print(f"{job['table']} {job['key']}  ({job['attempts']} attempt(s), last on {job['worker']} at {job['when']})")
+        print(f"{job['table']} {_key_text(job['key'])}  "
+              f"({job['attempts']} attempt(s), last on {job['worker']} at {job['when']})")
         print(f"  {job['message']}")
         if args.traceback and job["traceback"]:
             print("  " + str(job["traceback"]).replace("\n", "\n  "))
@@ -315,7 +316,7 @@ def _stale(args) -> int:
         reasons = ", ".join(f"{count} {reason}" for reason, count in rows.counts().items())
         print(f"{rows.name:<20} {len(rows.keys):>7} stale  ({reasons})")
         for key, reason in list(zip(rows.keys, rows.reasons))[:5]:
-            print(f"  {key}  {reason}")
+            print(f"  {_key_text(key)}  {reason}")
         if len(rows.keys) > 5:
             print(f"  ... and {len(rows.keys) - 5} more")
     total = sum(len(rows.keys) for rows in found)
@@ -345,7 +346,7 @@ def _provenance(args) -> int:
     found = provenance.records(query, limit=args.limit)
     current = provenance.code_hash(table)
     for key, record in found:
-        print(f"{args.table} {json.dumps(key, default=str)}")
+        print(f"{args.table} {_key_text(key)}")
         print("  " + (_describe_record(record, current) if record else
                       f"{provenance.NO_RECORD}: made outside a neuropipe worker, by one run with --no-provenance, "
                       "or made again since its record was written"))
@@ -460,3 +461,8 @@ def _db(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _key_text(key) -> str:
+    """Return a key as the JSON that ``--key`` takes back."""
+    return json.dumps(key, default=str) if isinstance(key, dict) else str(key)
