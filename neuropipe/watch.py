@@ -1,7 +1,7 @@
 """New data grows the graph: ``neuropipe watch PATH|bossdb://collection``.
 
 Each scan lists the volumes under a folder (files and folders neuropipe can read, see
-:mod:`neuropipe.io.sources`) or the image channels of a Boss collection, and inserts a
+:mod:`neuropipe.io.uri`) or the image channels of a Boss collection, and inserts a
 ``Dataset`` row for each one not registered yet, so running workers pick it up with no one
 starting anything.  Scans are idempotent: a source already named by a ``Dataset`` row is left
 alone.  A file (or any file of a zarr/precomputed folder) modified in the last ``settle``
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuropipe.errors import BadInputError
-from neuropipe.io.sources import SUPPORTED_SUFFIXES, open_source
+from neuropipe.io.sources import open_source
+from neuropipe.io.uri import SUPPORTED_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,10 @@ import numpy as np
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError
 from neuropipe.io import open_source, parse_bbox, parse_source
+from neuropipe.io.contents import CONTENTS
 from neuropipe.io.stored import open_stored
-from neuropipe.io.targets import CONTENTS, parse_target, write_volume
+from neuropipe.io.targets import write_volume
+from neuropipe.io.uri import parse_target
 from schemas.detection import CellDetection
 from schemas.membrane import MembraneMap
 from schemas.volume import Dataset

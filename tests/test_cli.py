@@ -27,7 +27,7 @@ def test_worker_status_errors_and_retry(environment, tmp_path, capsys):
 
     assert main(["errors", "--traceback"]) == 0
     out = capsys.readouterr().out
-    assert "Volume {'dataset': 'missing'}  (1 attempt(s)" in out
+    assert 'Volume {"dataset": "missing"}  (1 attempt(s)' in out  # the key as --key takes it back
     assert "missing.npy does not exist" in out and "Traceback" in out and "1 failed job(s)" in out
 
     np.save(tmp_path / "missing.npy", np.ones((2, 3, 3), np.uint8) * np.arange(3, dtype=np.uint8))

@@ -1,4 +1,7 @@
-"""BossDB channels through intern: ``bossdb://collection/experiment/channel[?resolution=N]``.
+"""BossDB channels through intern, read as sources and written as export targets.
+
+A channel is named ``bossdb://collection/experiment/channel[?resolution=N]``; the library is
+intern, the Boss's own client, imported inside the functions that need it.
 
 The server and token come from neuropipe's settings (``boss.host``, ``boss.protocol``,
 ``boss.token`` in ``dj_local_conf.json``, or ``NEUROPIPE_BOSS_*``), else from intern's own
@@ -21,7 +24,11 @@ from itertools import product
 
 import numpy as np
 
+from neuropipe.config import load_settings
 from neuropipe.errors import BadInputError, TransientError, backoff_seconds
+from neuropipe.io.bbox import check_inside
+from neuropipe.io.contents import CREATED_DTYPES, Written, fit_dtype
+from neuropipe.io.uri import Source, Target
 from neuropipe.io.volume import OpenVolume, Slices, to_nm
 
 logger = logging.getLogger(__name__)
@@ -37,8 +44,6 @@ def boss_remote():
     """Return an intern ``BossRemote`` for the configured server (intern's own configuration otherwise)."""
     from intern.remote.boss import BossRemote
 
-    from neuropipe.config import load_settings
-
     settings = load_settings()
     if not settings.boss_host:
         try:
@@ -51,8 +56,28 @@ def boss_remote():
                        "token": settings.boss_token or "public"})
 
 
-def open_boss(source, remote=None) -> OpenVolume:
-    """Open a Boss channel at the source's resolution: extent, dtype, voxel size, block reader."""
+def open_boss(source: Source, remote=None) -> OpenVolume:
+    """Open a Boss channel at the source's resolution: extent, dtype, voxel size, block reader.
+
+    Parameters
+    ----------
+    source : Source
+        A parsed ``bossdb`` source (:func:`neuropipe.io.uri.parse_source`).
+    remote : intern BossRemote, optional
+        Default: :func:`boss_remote`.
+
+    Returns
+    -------
+    OpenVolume
+        In the coordinate frame's voxels at that resolution (its ``origin`` is the frame's start).
+
+    Raises
+    ------
+    BadInputError
+        For a channel that does not exist, refused access, or a resolution the experiment lacks.
+    TransientError
+        When the server cannot be reached or fails.
+    """
     parts = source.path.parts
     collection, experiment_name, channel_name = parts
     remote = remote or boss_remote()
@@ -67,8 +92,7 @@ def open_boss(source, remote=None) -> OpenVolume:
                             f"levels 0-{levels - 1}.")
     isotropic = str(experiment.hierarchy_method).lower().startswith("iso")
     factors = (2 ** resolution if isotropic else 1, 2 ** resolution, 2 ** resolution)  # ZYX
-    starts = (frame.z_start, frame.y_start, frame.x_start)
-    stops = (frame.z_stop, frame.y_stop, frame.x_stop)
+    starts, stops = _frame(frame)
     origin = tuple(int(start) // factor for start, factor in zip(starts, factors))
     shape = tuple(-(-int(stop) // factor) - first for stop, factor, first in zip(stops, factors, origin))
     sizes = (frame.z_voxel_size, frame.y_voxel_size, frame.x_voxel_size)
@@ -111,16 +135,21 @@ def read_cutout(remote, channel, resolution: int, box, *, uri: str, block=None, 
     return out
 
 
-def write_boss(target, array: np.ndarray, *, content: str, offset_zyx, create: bool, sources=(), remote=None):
+def write_boss(target: Target, array: np.ndarray, *, content: str, offset_zyx, create: bool, sources=(), remote=None):
     """Write a ZYX probability map or label volume into a Boss channel at ``offset_zyx`` (resolution 0).
 
     A missing channel is created where ``create`` is set: a uint8 image channel for
     probabilities, a uint64 annotation channel (over the image channels ``sources``) for labels.
     The collection and experiment must exist.  See :func:`neuropipe.io.targets.write_volume`.
-    """
-    from neuropipe.io.bbox import check_inside
-    from neuropipe.io.targets import CREATED_DTYPES, Written, fit_dtype
 
+    Raises
+    ------
+    BadInputError
+        For a missing channel (and ``create`` not set), refused access, a box outside the
+        coordinate frame, or values the channel's dtype cannot hold.
+    TransientError
+        When the server cannot be reached or keeps failing.
+    """
     collection, experiment_name, channel_name = target.path.parts
     remote = remote or boss_remote()
     with _named_errors(target.uri, remote):
@@ -132,8 +161,8 @@ def write_boss(target, array: np.ndarray, *, content: str, offset_zyx, create: b
         if channel is None:
             channel = _create_channel(remote, collection, experiment_name, channel_name,
                                       CREATED_DTYPES[content]["bossdb"], list(sources))
-    starts = (frame.z_start, frame.y_start, frame.x_start)
-    extent = tuple(stop - start for start, stop in zip(starts, (frame.z_stop, frame.y_stop, frame.x_stop)))
+    starts, stops = _frame(frame)
+    extent = tuple(stop - start for start, stop in zip(starts, stops))
     box = tuple((int(first), int(first) + size) for first, size in zip(offset_zyx, array.shape))
     check_inside(box, extent, what=f"coordinate frame of {target.uri}", origin=starts)
     data = fit_dtype(array, content, channel.datatype, target.uri)
@@ -159,17 +188,28 @@ def write_cutout(remote, channel, box, data: np.ndarray, *, uri: str, block=None
     _in_parallel(push, _blocks(box, block or BLOCK_ZYX), threads, uri, data.nbytes, "pushed")
 
 
+def _frame(frame) -> tuple[tuple, tuple]:
+    """Return the ZYX start and stop of a coordinate frame (the Boss gives them per axis)."""
+    return (frame.z_start, frame.y_start, frame.x_start), (frame.z_stop, frame.y_stop, frame.x_stop)
+
+
+def _status(error: Exception):
+    """Return the HTTP status of an intern or requests error, None where there was no answer."""
+    return getattr(getattr(error, "response", None), "status_code", None)
+
+
 def _channel(remote, collection: str, experiment: str, name: str):
     """Return the channel, or None where the Boss answers 404 (other errors propagate)."""
     try:
         return remote.get_channel(name, collection, experiment)
     except Exception as error:
-        if getattr(getattr(error, "response", None), "status_code", None) == 404:
+        if _status(error) == 404:
             return None
         raise
 
 
 def _create_channel(remote, collection: str, experiment: str, name: str, datatype: str, sources: list):
+    """Create a channel: an annotation channel over ``sources`` for uint64, an image channel otherwise."""
     from intern.resource.boss.resource import ChannelResource
 
     kind = "annotation" if datatype == "uint64" else "image"
@@ -204,11 +244,12 @@ def _blocks(box, block) -> list:
 
 
 def _with_retries(call, uri: str, remote):
+    """Return ``call()``, tried again with backoff on transient failures up to :data:`ATTEMPTS` times."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return call()
         except Exception as error:
-            status = getattr(getattr(error, "response", None), "status_code", None)
+            status = _status(error)
             transient = status is None or status >= 500 or status == 429
             if not transient:
                 raise _described(uri, error, status, remote) from None
@@ -229,13 +270,14 @@ def _named_errors(uri: str, remote):
     except BadInputError:
         raise
     except Exception as error:
-        status = getattr(getattr(error, "response", None), "status_code", None)
+        status = _status(error)
         if status is None:
             raise TransientError(f"source {uri!r}: cannot reach the Boss server: {_scrub(error, remote)}") from None
         raise _described(uri, error, status, remote) from None
 
 
 def _described(uri: str, error: Exception, status, remote) -> Exception:
+    """Return the error to raise for an answer of HTTP ``status``: what went wrong, without the token."""
     if status == 404:
         return BadInputError(f"source {uri!r}: no such collection, experiment or channel on the Boss server (404).")
     if status in (401, 403):

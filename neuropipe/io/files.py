@@ -1,7 +1,8 @@
 """Single-file volumes: ``.npy`` (memory-mapped), ``.npz`` and ``.tif``/``.tiff`` stacks.
 
 ``.npz`` and TIFF stacks are read whole (their formats offer no cheap partial read); use
-``.npy``, zarr, HDF5 or precomputed for volumes larger than memory.
+``.npy``, zarr, HDF5 or precomputed for volumes larger than memory.  These formats are read
+only: results are written to zarr, precomputed or Boss targets.
 """
 
 from __future__ import annotations
@@ -9,11 +10,19 @@ from __future__ import annotations
 import numpy as np
 
 from neuropipe.errors import BadInputError
+from neuropipe.io.uri import Source
 from neuropipe.io.volume import OpenVolume, as_zyx, read_from_array
 
 
-def open_file(source) -> OpenVolume:
-    """Open a ``.npy``, ``.npz`` or TIFF source (:class:`~neuropipe.io.sources.Source`)."""
+def open_file(source: Source) -> OpenVolume:
+    """Open a ``.npy``, ``.npz`` or TIFF source.
+
+    Raises
+    ------
+    BadInputError
+        If the file is missing, a resolution level is asked for, or the ``.npz`` array named
+        (or the only one) does not exist.
+    """
     if not source.path.is_file():
         raise BadInputError(f"source {source.uri!r}: file {source.path} does not exist.")
     if source.resolution is not None:
@@ -23,10 +32,12 @@ def open_file(source) -> OpenVolume:
 
 
 def _read_npy(source) -> np.ndarray:
+    """Map the array into memory: a box later reads only its part."""
     return np.load(source.path, mmap_mode="r", allow_pickle=False)
 
 
 def _read_npz(source) -> np.ndarray:
+    """Read the archive's array named after ``#`` (optional when it holds one)."""
     with np.load(source.path, allow_pickle=False) as archive:
         names = list(archive.files)
         name = source.inner
@@ -43,6 +54,7 @@ def _read_npz(source) -> np.ndarray:
 
 
 def _read_tif(source) -> np.ndarray:
+    """Read a TIFF stack whole (tifffile is imported here, on first use)."""
     import tifffile
 
     return tifffile.imread(source.path)

@@ -1,18 +1,19 @@
-"""Volume sources: URIs that name an array where the data already lies.
+"""Reading the volumes sources name: open by format, cut a bounding box, refuse bad voxels.
 
-=====================================================  ==========================================
-URI                                                    what
-=====================================================  ==========================================
-``file:///data/stack.npy`` (or a plain path)           memory-mapped; a box reads only its part
-``file:///data/stack.npz#image``, ``.tif``             read whole
-``file:///data/vol.zarr``, ``...zarr#group/array``     zarr v2 or v3 array (a group's by ``#path``)
-``file:///data/img.ome.zarr?resolution=1``             an OME-Zarr multiscale level (0: finest)
-``file:///data/sample.h5#volumes/raw``                 HDF5 dataset (``.h5``, ``.hdf5``, ``.hdf``)
-``precomputed://file:///data/layer?resolution=1``      Neuroglancer precomputed scale (XYZ on disk);
-                                                       also ``gs://`` and ``s3://`` layers
-``bossdb://collection/experiment/channel``             a BossDB channel through intern
-                                                       (``?resolution=N``; see :mod:`.boss`)
-=====================================================  ==========================================
+A source URI (its syntax: :mod:`~neuropipe.io.uri`) names an array where the data already
+lies.  This module hands it to the module of its format, and does what is the same for every
+format: turning a bounding box into slices, and checking what is read.
+
+================  ================================  ==============================================
+format            read by                           how
+================  ================================  ==============================================
+``npy``           :mod:`~neuropipe.io.files`        memory-mapped; a box reads only its part
+``npz``, ``tif``  :mod:`~neuropipe.io.files`        read whole
+``zarr``          :mod:`~neuropipe.io.zarr_arrays`  zarr v2 or v3 array, or an OME-Zarr level
+``hdf5``          :mod:`~neuropipe.io.hdf5`         an HDF5 dataset
+``precomputed``   :mod:`~neuropipe.io.precomputed`  a Neuroglancer precomputed scale (XYZ on disk)
+``bossdb``        :mod:`~neuropipe.io.boss`         a BossDB channel through intern
+================  ================================  ==============================================
 
 Every source is presented in ZYX order whatever its order on disk, a 2D image as one plane.
 Chunked sources (zarr, HDF5, precomputed) read only the chunks the bounding box touches, and
@@ -22,153 +23,45 @@ are in the source's voxel coordinates (a precomputed layer's start at its ``voxe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
-
 import numpy as np
 
 from neuropipe.errors import BadInputError, TransientError
 from neuropipe.io.bbox import check_inside, parse_bbox
+from neuropipe.io.boss import open_boss
+from neuropipe.io.files import open_file
+from neuropipe.io.hdf5 import open_hdf5
+from neuropipe.io.precomputed import open_precomputed
+from neuropipe.io.uri import parse_source
 from neuropipe.io.volume import OpenVolume
+from neuropipe.io.zarr_arrays import open_zarr
 
-SUPPORTED_SUFFIXES = (".npy", ".npz", ".tif", ".tiff", ".zarr", ".h5", ".hdf5", ".hdf")
-_FORMATS = {".npy": "npy", ".npz": "npz", ".tif": "tif", ".tiff": "tif", ".zarr": "zarr", ".h5": "hdf5",
-            ".hdf5": "hdf5", ".hdf": "hdf5"}
-_PRECOMPUTED = "precomputed://"
-_PRECOMPUTED_STORES = ("file", "gs", "s3", "http", "https")
-
-
-@dataclass(frozen=True)
-class Source:
-    """A parsed source URI.
-
-    Attributes
-    ----------
-    uri : str
-    format : {'npy', 'npz', 'tif', 'zarr', 'hdf5', 'precomputed', 'bossdb'}
-    path : Path
-        The local file or directory (for a remote precomputed layer, its path part; for a
-        Boss channel, ``collection/experiment/channel``).
-    inner : str or None
-        After ``#``: the array of an ``.npz``, the array path in a zarr group, the HDF5 dataset.
-    resolution : int or None
-        ``?resolution=N``: the level of a multiscale source (0: finest).
-    location : str
-        Where the data lies as a URL (``file:///abs/path``, ``gs://bucket/layer``,
-        ``bossdb://coll/exp/chan``).
-    """
-
-    uri: str
-    format: str
-    path: Path
-    inner: str | None = None
-    resolution: int | None = None
-    location: str = ""
-
-
-def parse_source(uri: str) -> Source:
-    """Parse and check the syntax of a source URI (nothing is opened).
-
-    Parameters
-    ----------
-    uri : str
-        See the module's table.
-
-    Returns
-    -------
-    Source
-
-    Raises
-    ------
-    BadInputError
-        For an unsupported scheme or file suffix, an empty path, or a bad query.
-    """
-    if not isinstance(uri, str) or not uri.strip():
-        raise BadInputError(f"source must be a non-empty URI string, got {uri!r}.")
-    text = uri.strip()
-    if text.startswith(_PRECOMPUTED):
-        return _parse_precomputed(uri, text[len(_PRECOMPUTED):])
-    parts = urlsplit(text)
-    if parts.scheme == "bossdb":
-        return _parse_boss(uri, parts)
-    if parts.scheme not in ("", "file"):
-        raise BadInputError(
-            f"source {uri!r} has the unsupported scheme {parts.scheme!r}; use file:// (with a file ending in "
-            f"{', '.join(SUPPORTED_SUFFIXES)}), precomputed:// or bossdb://."
-        )
-    raw_path = parts.netloc + parts.path if parts.scheme else parts.path
-    if not raw_path:
-        raise BadInputError(f"source {uri!r} names no file.")
-    path = Path(unquote(raw_path)).expanduser()
-    suffix = path.suffix.lower()
-    if suffix not in _FORMATS:
-        raise BadInputError(
-            f"source {uri!r}: files ending in {suffix or '(no suffix)'!r} are not supported; "
-            f"use one of {', '.join(SUPPORTED_SUFFIXES)}."
-        )
-    return Source(uri=uri, format=_FORMATS[suffix], path=path, inner=parts.fragment or None,
-                  resolution=_resolution(uri, parts.query), location=path.absolute().as_uri())
-
-
-def _parse_precomputed(uri: str, rest: str) -> Source:
-    parts = urlsplit(rest)
-    if parts.scheme not in _PRECOMPUTED_STORES:
-        raise BadInputError(f"source {uri!r}: a precomputed layer lies at a file://, gs://, s3:// or https:// URL, "
-                            f"not {parts.scheme or 'a bare path'!r}.")
-    if parts.fragment:
-        raise BadInputError(f"source {uri!r}: precomputed layers take no '#' part.")
-    if parts.scheme == "file":
-        path = Path(unquote(parts.netloc + parts.path)).expanduser().absolute()
-        location = path.as_uri() + "/"
-    else:
-        path = Path(parts.path)
-        location = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"
-    if not parts.path.strip("/") and not parts.netloc:
-        raise BadInputError(f"source {uri!r} names no layer.")
-    return Source(uri=uri, format="precomputed", path=path, resolution=_resolution(uri, parts.query),
-                  location=location)
-
-
-def _parse_boss(uri: str, parts) -> Source:
-    names = [parts.netloc, *parts.path.strip("/").split("/")] if parts.path.strip("/") else [parts.netloc]
-    if len(names) != 3 or not all(names):
-        raise BadInputError(f"source {uri!r}: a Boss channel is bossdb://collection/experiment/channel.")
-    if parts.fragment:
-        raise BadInputError(f"source {uri!r}: Boss channels take no '#' part.")
-    return Source(uri=uri, format="bossdb", path=Path(*names), resolution=_resolution(uri, parts.query),
-                  location="bossdb://" + "/".join(names))
-
-
-def _resolution(uri: str, query: str) -> int | None:
-    fields = parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(fields) - {"resolution"})
-    if unknown:
-        raise BadInputError(f"source {uri!r}: unknown query parameter(s) {', '.join(unknown)}; only ?resolution=N.")
-    if "resolution" not in fields:
-        return None
-    value = fields["resolution"][-1]
-    if not value.isdigit():
-        raise BadInputError(f"source {uri!r}: resolution must be a level number 0, 1, ..., got {value!r}.")
-    return int(value)
+_OPENERS = {"npy": open_file, "npz": open_file, "tif": open_file, "zarr": open_zarr, "hdf5": open_hdf5,
+            "precomputed": open_precomputed, "bossdb": open_boss}
 
 
 def open_source(uri: str) -> OpenVolume:
     """Open the volume a source names: shape, dtype, voxel size, and a box reader.
+
+    Parameters
+    ----------
+    uri : str
+        A source URI (see :func:`neuropipe.io.uri.parse_source`).
+
+    Returns
+    -------
+    OpenVolume
 
     Raises
     ------
     BadInputError
         If the data is missing, unreadable, not a numeric 2D/3D image, or the level, array
         or dataset named does not exist.
+    TransientError
+        If the source's server cannot be reached or fails (see :mod:`.boss`).
     """
-    from neuropipe.io import boss, chunked, files
-
     source = parse_source(uri)
-    opener = {"zarr": chunked.open_zarr, "hdf5": chunked.open_hdf5, "precomputed": chunked.open_precomputed,
-              "bossdb": boss.open_boss}.get(source.format, files.open_file)
     try:
-        return opener(source)
+        return _OPENERS[source.format](source)
     except (BadInputError, TransientError):
         raise
     except Exception as error:
@@ -192,7 +85,7 @@ def read_volume(uri: str, bbox: str | None = None) -> np.ndarray:
     Parameters
     ----------
     uri : str
-        A source URI (see :func:`parse_source`).
+        A source URI (see :func:`neuropipe.io.uri.parse_source`).
     bbox : str, optional
         ``"z0:z1,y0:y1,x0:x1"`` in the source's voxel coordinates; default: the whole volume.
 

@@ -5,6 +5,8 @@ A volume of up to ``neuropipe.zarr_above_mb`` megabytes (default 256) is kept as
 as a zarr array inside an ``<object@neuropipe>`` attribute, chunk by chunk as it is read from
 its source, so neither the import nor a later step that reads a part of it ever holds the
 whole volume in memory.  :func:`open_stored` gives either back as something sliced lazily.
+The store's zarr arrays are chunked like every zarr array neuropipe writes (:data:`ZARR_CHUNKS`,
+stated in :mod:`~neuropipe.io.zarr_arrays`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-ZARR_CHUNKS = (32, 256, 256)  # ZYX; 2 MB of uint8, 8 MB of float32 per chunk
+from neuropipe.io.zarr_arrays import ZARR_CHUNKS, chunks_within
+
 COPY_BLOCK = (64, 1024, 1024)  # ZYX voxels read from a source at a time (a whole number of chunks)
 
 
@@ -82,7 +85,7 @@ def create_zarr(fsmap, shape, dtype, chunks=None):
     """
     import zarr
 
-    chunks = tuple(min(size, chunk) for size, chunk in zip(shape, chunks or ZARR_CHUNKS))
+    chunks = chunks_within(shape, chunks or ZARR_CHUNKS)
     return zarr.open_array(store=_zarr_store(fsmap), mode="w", shape=tuple(shape), chunks=chunks,
                            dtype=np.dtype(dtype), **codec_options(dtype), **write_options())
 

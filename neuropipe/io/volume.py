@@ -1,6 +1,7 @@
 """What every source format opens to: a ZYX volume that reads boxes on demand.
 
-Each format module (:mod:`~neuropipe.io.files`, :mod:`~neuropipe.io.chunked`) turns a
+Each format module (:mod:`~neuropipe.io.files`, :mod:`~neuropipe.io.zarr_arrays`,
+:mod:`~neuropipe.io.hdf5`, :mod:`~neuropipe.io.precomputed`, :mod:`~neuropipe.io.boss`) turns a
 parsed source into an :class:`OpenVolume`; :mod:`~neuropipe.io.sources` cuts the bounding box
 from it.  Chunked formats read only the chunks a box touches.
 """

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from neuropipe.errors import BadInputError
+from neuropipe.io.precomputed import PRECOMPUTED_CHUNK_XYZ
 from neuropipe.io.stored import open_stored
-from neuropipe.io.targets import PRECOMPUTED_CHUNK_XYZ
 from neuropipe.pipeline import classes_around
 from neuropipe.reports import neuroglancer
 from neuropipe.reports.results import dataset_results

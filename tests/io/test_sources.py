@@ -1,11 +1,15 @@
-"""Reading volumes from file sources, and the errors bad sources give."""
+"""Reading through open_source/read_volume whatever the format: boxes, bad data, chunks left unread."""
 
+import json
+
+import h5py
 import numpy as np
 import pytest
-import tifffile
+import zarr
+from volume_files import write_precomputed
 
 from neuropipe.errors import BadInputError
-from neuropipe.io import format_bbox, parse_bbox, parse_source, read_volume, volume_shape
+from neuropipe.io import read_volume, voxel_size
 
 
 @pytest.fixture
@@ -13,69 +17,15 @@ def stack():
     return np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".npz", ".tif"])
-def test_each_format_reads_back_the_array(tmp_path, stack, suffix):
-    path = tmp_path / f"stack{suffix}"
-    {".npy": lambda: np.save(path, stack), ".npz": lambda: np.savez(path, image=stack),
-     ".tif": lambda: tifffile.imwrite(path, stack, photometric="minisblack")}[suffix]()
-    np.testing.assert_array_equal(read_volume(f"file://{path}"), stack)
-    assert volume_shape(f"file://{path}") == stack.shape
+@pytest.fixture
+def random_stack():
+    return np.random.default_rng(0).integers(0, 60000, size=(6, 10, 12), dtype=np.uint16)
 
 
 def test_bbox_cuts_the_half_open_box(tmp_path, stack):
     np.save(tmp_path / "s.npy", stack)
     part = read_volume(f"file://{tmp_path}/s.npy", "1:3,0:2,4:6")
     np.testing.assert_array_equal(part, stack[1:3, 0:2, 4:6])
-
-
-def test_npz_array_is_chosen_by_fragment(tmp_path, stack):
-    np.savez(tmp_path / "two.npz", image=stack, labels=stack > 10)
-    np.testing.assert_array_equal(read_volume(f"file://{tmp_path}/two.npz#labels"), stack > 10)
-    with pytest.raises(BadInputError, match="holds 2 arrays"):
-        read_volume(f"file://{tmp_path}/two.npz")
-    with pytest.raises(BadInputError, match="no array 'nope'"):
-        read_volume(f"file://{tmp_path}/two.npz#nope")
-
-
-def test_2d_image_becomes_one_plane(tmp_path):
-    np.save(tmp_path / "flat.npy", np.ones((3, 4)))
-    assert read_volume(f"file://{tmp_path}/flat.npy").shape == (1, 3, 4)
-
-
-def test_plain_and_relative_paths(tmp_path, stack, monkeypatch):
-    np.save(tmp_path / "s.npy", stack)
-    monkeypatch.chdir(tmp_path)
-    assert read_volume("file://s.npy").shape == stack.shape
-    assert read_volume(str(tmp_path / "s.npy")).shape == stack.shape
-
-
-@pytest.mark.parametrize(
-    "uri, message",
-    [
-        ("s3://bucket/key.npy", "unsupported scheme 's3'"),
-        ("file:///data/volume.n5", "'.n5' are not supported"),
-        ("file:///data/volume.zarr?level=2", "unknown query parameter.*level"),
-        ("file:///data/volume.zarr?resolution=fine", "resolution must be a level number"),
-        ("precomputed:///data/layer", "file://, gs://, s3://"),
-        ("precomputed://file:///data/layer#x", "take no '#'"),
-        ("", "non-empty URI"),
-        ("file://", "names no file"),
-    ],
-)
-def test_malformed_sources_are_named(uri, message):
-    with pytest.raises(BadInputError, match=message):
-        parse_source(uri)
-
-
-def test_a_resolution_level_a_file_lacks(tmp_path, stack):
-    np.save(tmp_path / "s.npy", stack)
-    with pytest.raises(BadInputError, match="npy files have one resolution; drop"):
-        read_volume(f"file://{tmp_path}/s.npy?resolution=1")
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(BadInputError, match="does not exist"):
-        read_volume(f"file://{tmp_path}/absent.npy")
 
 
 def test_unreadable_file(tmp_path):
@@ -108,15 +58,50 @@ def test_bbox_outside_the_volume(tmp_path, stack):
         read_volume(f"file://{tmp_path}/s.npy", "0:2,0:9,0:6")
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [("0:2,0:3", "three ranges"), ("0:2,a:3,0:1", "y range 'a:3'"), ("3:2,0:1,0:1", "0 <= start < stop"),
-     ("-1:2,0:1,0:1", "0 <= start < stop"), ("0:2,0:1,0", "x range '0'")],
-)
-def test_malformed_bbox(text, message):
-    with pytest.raises(BadInputError, match=message):
-        parse_bbox(text)
+def test_bad_chunked_files_are_named(tmp_path):
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(BadInputError, match="cannot read .*junk.h5 as HDF5"):
+        read_volume(f"file://{tmp_path}/junk.h5")
+    with pytest.raises(BadInputError, match="does not exist"):
+        read_volume(f"file://{tmp_path}/absent.zarr")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(BadInputError, match="not a readable zarr store|zarr group"):
+        read_volume(f"file://{tmp_path}/empty.zarr")
+    with pytest.raises(BadInputError, match="cannot open the precomputed layer"):
+        read_volume(f"precomputed://file://{tmp_path}/nolayer")
 
 
-def test_bbox_round_trip():
-    assert parse_bbox(format_bbox(((0, 20), (5, 512), (7, 9)))) == ((0, 20), (5, 512), (7, 9))
+@pytest.mark.parametrize("kind", ["zarr2", "zarr3", "precomputed"])
+def test_a_box_reads_only_its_own_chunks(tmp_path, random_stack, kind):
+    """Every chunk outside the box is overwritten with garbage: reading the box must not touch them."""
+    if kind == "precomputed":
+        uri = write_precomputed(tmp_path / "layer", random_stack, chunk_xyz=(4, 4, 2))
+        chunks = [p for p in (tmp_path / "layer").rglob("*") if p.is_file() and p.name != "info"]
+        first = [p for p in chunks if p.name == "0-4_0-4_0-2"]
+    else:
+        path = tmp_path / "vol.zarr"
+        zarr.create_array(store=str(path), data=random_stack, chunks=(2, 4, 4), zarr_format=int(kind[-1]))
+        uri = f"file://{path}"
+        chunks = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".z", "zarr.json"))]
+        first = [p for p in chunks if p.relative_to(path).as_posix() in ("0.0.0", "c/0/0/0")]
+    assert len(first) == 1 and len(chunks) == 3 * 3 * 3
+    for chunk in set(chunks) - set(first):
+        chunk.write_bytes(b"\xff" * 7)
+    np.testing.assert_array_equal(read_volume(uri, "0:2,0:4,0:4"), random_stack[:2, :4, :4])
+    with pytest.raises(BadInputError):
+        read_volume(uri, "0:2,0:4,0:5")  # one voxel into a garbage chunk
+
+
+def test_isbi_stack_reads_the_same_from_every_format(tmp_path, isbi_path):
+    image = np.load(isbi_path)["image"]
+    box, slices = "5:15,100:300,200:412", (slice(5, 15), slice(100, 300), slice(200, 412))
+    zarr.create_array(store=str(tmp_path / "isbi.zarr"), data=image, chunks=(8, 128, 128))
+    with h5py.File(tmp_path / "isbi.h5", "w") as handle:
+        handle.create_dataset("raw", data=image, chunks=(8, 128, 128), compression="gzip")
+        handle["raw"].attrs["resolution"] = [50.0, 4.0, 4.0]
+    layer = write_precomputed(tmp_path / "isbi", image, resolution_xyz=(4, 4, 50), chunk_xyz=(128, 128, 8))
+    for uri in (f"file://{tmp_path}/isbi.zarr", f"file://{tmp_path}/isbi.h5#raw", layer):
+        np.testing.assert_array_equal(read_volume(uri, box), image[slices], err_msg=uri)
+    assert voxel_size(layer) == voxel_size(f"file://{tmp_path}/isbi.h5#raw") == (50.0, 4.0, 4.0)
+    info = json.loads((tmp_path / "isbi" / "info").read_text())
+    assert info["scales"][0]["size"] == list(image.shape[::-1])  # XYZ on disk
