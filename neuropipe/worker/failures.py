@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from neuropipe.errors import backoff_seconds
+from neuropipe.errors import BadInputError, backoff_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ PERMANENT_TEXT = ("access denied", "authentication failed", "permission denied")
 def is_transient(error: BaseException, table=None) -> bool:
     """Return True when ``error`` (or its cause) is worth retrying.
 
+    The chain of causes is read from ``error`` down; the first that decides, decides: a
+    :class:`~neuropipe.errors.BadInputError` or a server's refusal is never retried, even
+    when raised while handling a timeout.
+
     Parameters
     ----------
     error : BaseException
@@ -50,8 +54,8 @@ def is_transient(error: BaseException, table=None) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if any(text in str(error).lower() for text in PERMANENT_TEXT):
-            return False
+        if isinstance(error, BadInputError) or any(text in str(error).lower() for text in PERMANENT_TEXT):
+            return False  # bad input is bad however it came about: a timeout it was raised after changes nothing
         if isinstance(error, extra) or any(cls.__name__ in TRANSIENT_NAMES for cls in type(error).__mro__):
             return True
         if "out of memory" in str(error).lower() and "cuda" in str(error).lower():

@@ -3,7 +3,7 @@
 import pymysql
 import pytest
 
-from neuropipe.errors import TransientError
+from neuropipe.errors import BadInputError, TransientError
 from neuropipe.worker.failures import describe, is_transient, keep_trying
 
 
@@ -16,6 +16,16 @@ from neuropipe.worker.failures import describe, is_transient, keep_trying
 ])
 def test_transient_or_not(error, transient):
     assert is_transient(error) is transient
+
+
+def test_bad_input_is_not_retried_even_when_raised_while_handling_a_timeout():
+    try:
+        try:
+            raise TimeoutError("the first read timed out")
+        except TimeoutError:
+            raise BadInputError("the volume is empty")
+    except BadInputError as error:
+        assert error.__context__ is not None and not is_transient(error)
 
 
 def test_the_cause_counts_too():
