@@ -59,11 +59,7 @@ def check_params(
     """
     if not isinstance(params, dict):
         raise BadInputError(f"{what}: parameters must be a dict, got {type(params).__name__}.")
-    accepted = {
-        name
-        for name, parameter in inspect.signature(kernel).parameters.items()
-        if parameter.kind == inspect.Parameter.KEYWORD_ONLY and name not in exclude
-    }
+    accepted = set(_keywords(kernel, exclude))
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise BadInputError(
@@ -73,6 +69,51 @@ def check_params(
         if name in params and params[name] is not None and not predicate(params[name]):
             raise BadInputError(f"{what}: {name}={params[name]!r} is invalid; it must be {description}.")
     return params
+
+
+def kernel_defaults(kernel: Callable, exclude=()) -> dict:
+    """Return the parameters of ``kernel`` and their defaults, as its signature states them.
+
+    Parameters
+    ----------
+    kernel : callable
+        A ``neuropipe.ops`` function; its parameters are its keyword-only arguments.
+    exclude : iterable of str, optional
+        Keyword arguments that are not parameters (chosen by the worker).
+
+    Returns
+    -------
+    dict
+        Name to default, in signature order (a keyword without a default is left out).
+
+    Examples
+    --------
+    >>> def kernel(data, *, size=3, voxel_size=None):
+    ...     pass
+    >>> kernel_defaults(kernel, exclude=("voxel_size",))
+    {'size': 3}
+    """
+    return {name: parameter.default for name, parameter in _keywords(kernel, exclude).items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
+def _keywords(kernel: Callable, exclude) -> dict:
+    """Return the keyword-only parameters of ``kernel`` not in ``exclude``, by name."""
+    return {name: parameter for name, parameter in inspect.signature(kernel).parameters.items()
+            if parameter.kind == inspect.Parameter.KEYWORD_ONLY and name not in exclude}
+
+
+def one_of(choices) -> tuple[Callable[[Any], bool], str]:
+    """Return the rule (predicate, description) of a parameter that takes one of ``choices``.
+
+    Examples
+    --------
+    >>> predicate, description = one_of(("spheres", "blobs"))
+    >>> predicate("blobs"), predicate("magic"), description
+    (True, False, 'one of spheres, blobs')
+    """
+    choices = tuple(choices)
+    return (lambda value: value in choices), "one of " + ", ".join(choices)
 
 
 def positive(value) -> bool:
@@ -99,12 +140,16 @@ class ParamSet:
     """Mixin for a Lookup table of parameter sets keyed by content hash.
 
     A subclass defines ``key_name`` (its primary key attribute), ``kernel`` (the ops function
-    the parameters feed) and ``rules``; its definition is::
+    the parameters feed), ``rules`` and ``not_params`` (keyword arguments of the kernel that
+    the worker chooses); unless it gives its own, its definition is::
 
         <key_name> : char(16)    # content hash of params
         ---
         params : json            # keyword arguments of the kernel
         description = "" : varchar(255)
+
+    A set stores the parameters as given; what it leaves out takes the kernel's defaults, which
+    only the kernel's signature states (:meth:`defaults`, :meth:`fetch_effective`).
     """
 
     key_name: str = ""
@@ -112,6 +157,30 @@ class ParamSet:
     not_params: tuple = ()
 
     kernel = None
+
+    def __init_subclass__(cls, **kwargs):
+        """Give a subclass that names its key and kernel the definition above, unless it has its own."""
+        super().__init_subclass__(**kwargs)
+        if cls.key_name and cls.kernel is not None and "definition" not in vars(cls):
+            kernel = cls.kernel.__name__
+            if cls.kernel.__module__.startswith("neuropipe.ops"):
+                kernel = f"ops.{kernel}"
+            cls.definition = f"""
+            {cls.key_name} : char(16)             # content hash of params
+            ---
+            params : json                         # keyword arguments of {kernel}
+            description = "" : varchar(255)
+            """
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Return every parameter of the kernel with its default (what a set that leaves it out runs with)."""
+        return kernel_defaults(cls.kernel, exclude=cls.not_params)
+
+    @classmethod
+    def effective(cls, params: dict) -> dict:
+        """Return ``params`` completed with the kernel's defaults for the parameters they leave out."""
+        return {**cls.defaults(), **_decoded(params)}
 
     @classmethod
     def insert_params(cls, params: dict, description: str = "") -> dict:
@@ -130,6 +199,14 @@ class ParamSet:
         return key
 
     def fetch_params(self, key: dict) -> dict:
-        """Return the parameter dict stored under ``key``."""
-        params = (self & key).fetch1("params")
-        return json.loads(params) if isinstance(params, str) else dict(params)
+        """Return the parameter dict stored under ``key``, as it was inserted."""
+        return _decoded((self & key).fetch1("params"))
+
+    def fetch_effective(self, key: dict) -> dict:
+        """Return the parameters stored under ``key`` completed with the kernel's defaults."""
+        return self.effective(self.fetch_params(key))
+
+
+def _decoded(params) -> dict:
+    """Return a stored ``params`` value (a dict, or JSON text on some backends) as a dict."""
+    return json.loads(params) if isinstance(params, str) else dict(params)

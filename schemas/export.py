@@ -26,7 +26,7 @@ from neuropipe.io.targets import write_volume
 from neuropipe.io.uri import parse_target
 from schemas.detection import CellDetection
 from schemas.membrane import MembraneMap
-from schemas.volume import Dataset
+from schemas.volume import CheckedInsert, Dataset
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -38,7 +38,7 @@ KEY_FIELDS = {  # the fields a target URI of each content may name in braces
 
 
 @schema
-class ExportTarget(dj.Manual):
+class ExportTarget(CheckedInsert, dj.Manual):
     """Where one kind of result of a dataset is written back.
 
     Attributes
@@ -64,13 +64,9 @@ class ExportTarget(dj.Manual):
     description = "" : varchar(1024)
     """
 
-    def insert(self, rows, **kwargs):
-        """Insert rows after checking their URIs can be written and name only known key fields."""
-        if isinstance(rows, (list, tuple)):
-            for row in rows:
-                if isinstance(row, dict):
-                    _check_target(row)
-        super().insert(rows, **kwargs)
+    def check_row(self, row: dict) -> None:
+        """Check, at insert, that a row's URI can be written and names only known key fields."""
+        _check_target(row)
 
 
 def _check_target(row: dict) -> None:
@@ -111,17 +107,22 @@ class _Export:
 
     def make(self, key):
         """Fetch the result, write it to the target at the dataset's box, record what went where."""
-        uri = _filled((ExportTarget & key).fetch1("uri"), key)
+        uri, create = (ExportTarget & key).fetch1("uri", "create")
+        uri = _filled(uri, key)
         self._refuse_a_place_taken(key, uri)
-        create = bool((ExportTarget & key).fetch1("create"))
         array = np.asarray(open_stored((self.result & key).fetch1(self.attribute)))
         dataset = (Dataset & key).fetch1()
         started = time.monotonic()
         written = write_volume(uri, array, content=self.content, offset_zyx=_dataset_origin(dataset),
-                               voxel_size_nm=(dataset["voxel_z_nm"], dataset["voxel_y_nm"], dataset["voxel_x_nm"]),
-                               create=create, **_boss_sources(dataset, uri))
+                               voxel_size_nm=Dataset.voxel_size(key), create=bool(create),
+                               **_boss_sources(dataset, uri))
         self.insert1(dict(key, uri=written.uri, dtype=written.dtype, megabytes=written.nbytes / 1e6,
                           seconds=time.monotonic() - started))
+
+    @property
+    def key_source(self):
+        """Every result of a dataset, under each of the dataset's targets of its content."""
+        return self.result.proj() * (ExportTarget & {"content": self.content}).proj()
 
     def _refuse_a_place_taken(self, key: dict, uri: str) -> None:
         # Plain SQL: inside make() DataJoint shows each table only as far as this key's upstream.
@@ -145,11 +146,6 @@ class ProbabilityExport(_Export, dj.Computed):
     -> ExportTarget
     """ + _Export.definition_tail
 
-    @property
-    def key_source(self):
-        """Every map of a dataset, under each of the dataset's probability targets."""
-        return MembraneMap.proj() * (ExportTarget & "content = 'probability'").proj()
-
 
 @schema
 class LabelExport(_Export, dj.Computed):
@@ -160,11 +156,6 @@ class LabelExport(_Export, dj.Computed):
     -> CellDetection
     -> ExportTarget
     """ + _Export.definition_tail
-
-    @property
-    def key_source(self):
-        """Every detection of a dataset, under each of the dataset's label targets."""
-        return CellDetection.proj() * (ExportTarget & "content = 'labels'").proj()
 
 
 def _dataset_origin(dataset: dict) -> tuple:

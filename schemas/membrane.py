@@ -11,11 +11,19 @@ import numpy as np
 
 from neuropipe import blockwise, ops
 from neuropipe.database import import_datajoint
-from neuropipe.params import ParamSet, fraction, non_negative, non_negative_int, positive
+from neuropipe.params import ParamSet, fraction, non_negative, non_negative_int, one_of, positive
 from schemas.volume import Annotation, AnnotationVolume, Volume, VolumeBlocks
 
 dj = import_datajoint()
 schema = dj.Schema()
+TRAINING_RULES = {  # what every training kernel takes alike (train_membrane, train_nuclei): budget and optimiser
+    "iterations": (positive, "a positive integer"),
+    "minutes": (positive, "a positive number of minutes"),
+    "width": (positive, "a positive number of channels"),
+    "batch_size": (positive, "a positive integer"),
+    "learning_rate": (positive, "a positive number"),
+    "precision": one_of(ops.PRECISIONS),
+}
 
 
 @schema
@@ -26,29 +34,18 @@ class TrainingParams(ParamSet, dj.Lookup):
     kernel = staticmethod(ops.train_membrane)
     not_params = ("device", "progress", "num_threads")
     rules = {
-        "iterations": (positive, "a positive integer"),
-        "minutes": (positive, "a positive number of minutes"),
-        "width": (positive, "a positive number of channels"),
+        **TRAINING_RULES,
         "depth": (positive, "a positive number of levels"),
         "crop": (positive, "a positive crop size in pixels"),
-        "batch_size": (positive, "a positive integer"),
-        "learning_rate": (positive, "a positive number"),
         "balance": (fraction, "a number in [0, 1]"),
         "validation": (non_negative_int, "a non-negative number of slices"),
-        "schedule": (lambda value: value in ops.SCHEDULES, "one of " + ", ".join(ops.SCHEDULES)),
-        "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
+        "schedule": one_of(ops.SCHEDULES),
         "warp": (non_negative, "a non-negative number"),
         "average": (lambda value: isinstance(value, (int, float)) and 0 <= value < 1, "a number in [0, 1)"),
         "warmup": (lambda value: isinstance(value, (int, float)) and 0 <= value < 0.5, "a fraction in [0, 0.5)"),
         "context": (non_negative_int, "a non-negative number of slices"),
-        "normalise": (lambda value: value in ops.NORMALISATIONS, "one of " + ", ".join(ops.NORMALISATIONS)),
+        "normalise": one_of(ops.NORMALISATIONS),
     }
-    definition = """
-    training_id : char(16)                # content hash of params
-    ---
-    params : json                         # keyword arguments of ops.train_membrane
-    description = "" : varchar(255)
-    """
 
 
 @schema
@@ -63,18 +60,57 @@ class InferenceParams(ParamSet, dj.Lookup):
         "overlap": (non_negative_int, "a non-negative integer"),
         "batch_size": (positive, "a positive integer"),
         "augment": (lambda value: isinstance(value, bool), "true or false"),
-        "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
+        "precision": one_of(ops.PRECISIONS),
     }
-    definition = """
-    inference_id : char(16)               # content hash of params
-    ---
-    params : json                         # keyword arguments of ops.predict_membrane
-    description = "" : varchar(255)
+
+
+class TrainedModels:
+    """Mixin for a table of models trained on annotated volumes (membrane and nuclei U-Nets).
+
+    ``model_class`` is the ops class whose ``from_bytes`` restores a stored model;
+    :meth:`load` returns the model a downstream key names, loaded once per stored version.
     """
+
+    model_class = None
+    definition_tail = """
+    ---
+    model : <object@neuropipe>            # model_class.to_bytes()
+    iterations : int32                    # iterations actually run
+    train_seconds : float64
+    final_loss : float64
+    device : varchar(32)                  # where it was trained
+    """
+
+    def load(self, key: dict):
+        """Return the model a downstream ``key`` names: its ``training_dataset`` and training parameter set.
+
+        Loaded models are kept by their path in the store, which every write makes anew, so a
+        model deleted and trained again is loaded again by a long-running worker.
+        """
+        training = {name: key[name] for name in self.primary_key if name != "dataset"}
+        reference = (self & dict(training, dataset=key["training_dataset"])).fetch1("model")
+        path = getattr(reference, "path", None)
+        if path is None:
+            return self.model_class.from_bytes(read_bytes(reference))
+        if path not in _LOADED_MODELS:
+            if len(_LOADED_MODELS) >= 4:
+                _LOADED_MODELS.pop(next(iter(_LOADED_MODELS)))
+            _LOADED_MODELS[path] = self.model_class.from_bytes(read_bytes(reference))
+        return _LOADED_MODELS[path]
+
+
+_LOADED_MODELS: dict = {}  # stored object path -> model: each block of a map needs the same one
+
+
+def read_bytes(reference) -> bytes:
+    """Return the content of an ``<object>`` attribute as bytes."""
+    if isinstance(reference, (bytes, bytearray)):
+        return bytes(reference)
+    return reference.read()
 
 
 @schema
-class MembraneModel(dj.Computed):
+class MembraneModel(TrainedModels, dj.Computed):
     """A membrane U-Net trained on one annotated training volume.
 
     Attributes
@@ -85,16 +121,11 @@ class MembraneModel(dj.Computed):
         Training loss over the last iterations.
     """
 
+    model_class = ops.MembraneModel
     definition = """
     -> AnnotationVolume
     -> TrainingParams
-    ---
-    model : <object@neuropipe>            # ops.MembraneModel.to_bytes()
-    iterations : int32                    # iterations actually run
-    train_seconds : float64
-    final_loss : float64
-    device : varchar(32)                  # where it was trained
-    """
+    """ + TrainedModels.definition_tail
 
     @property
     def key_source(self):
@@ -130,9 +161,9 @@ class MembraneBlock(blockwise.PerBlock, dj.Computed):
 
     def halo(self, key):
         """One tile in y and x (what whole-slice tiling needs), the model's context along z."""
-        tile = int(InferenceParams().fetch_params(key).get("tile", 256))
+        tile = int(InferenceParams().fetch_effective(key)["tile"])
         height, width = (VolumeBlocks & key).fetch1("height", "width")
-        context = int(_model(key).hyperparameters.get("context", 0))
+        context = MembraneModel().load(key).context
         needed = (context, min(tile, height) - 1, min(tile, width) - 1)
         return tuple(max(a, b) for a, b in zip(needed, super().halo(key)))
 
@@ -144,7 +175,7 @@ class MembraneBlock(blockwise.PerBlock, dj.Computed):
         """Predict the block's core with the model, tiled as the whole volume would be."""
         (z0, z1), (y0, _), (x0, _) = block.read
         means, stds = (Volume & key).fetch1("slice_mean", "slice_std")
-        probability = ops.predict_membrane(_model(key), image, frame=(y0, x0, *block.volume_shape[1:]),
+        probability = ops.predict_membrane(MembraneModel().load(key), image, frame=(y0, x0, *block.volume_shape[1:]),
                                            slice_stats=(means[z0:z1], stds[z0:z1]),
                                            **InferenceParams().fetch_params(key))[block.core_in_read]
         return probability, {"probability_sum": float(probability.sum(dtype=np.float64))}
@@ -180,31 +211,3 @@ class MembraneMap(dj.Computed):
         voxels = np.prod((VolumeBlocks & key).fetch1("depth", "height", "width"), dtype=np.float64)
         self.insert1(dict(key, probability=blockwise.output_reference(MembraneBlock(), key),
                           mean_probability=float(total / voxels)))
-
-
-_LOADED_MODELS: dict = {}  # stored object path -> model: each block of a map needs the same one
-
-
-def _model(key: dict) -> ops.MembraneModel:
-    """Return the membrane model a key names (its training dataset's), loaded once per stored version.
-
-    The cache is keyed by the model's path in the store, which every write makes anew, so a
-    model deleted and trained again is loaded again by a long-running worker.
-    """
-    reference = (MembraneModel & {"dataset": key["training_dataset"], "training_id": key["training_id"]}
-                 ).fetch1("model")
-    path = getattr(reference, "path", None)
-    if path is None:
-        return ops.MembraneModel.from_bytes(read_bytes(reference))
-    if path not in _LOADED_MODELS:
-        if len(_LOADED_MODELS) >= 4:
-            _LOADED_MODELS.pop(next(iter(_LOADED_MODELS)))
-        _LOADED_MODELS[path] = ops.MembraneModel.from_bytes(read_bytes(reference))
-    return _LOADED_MODELS[path]
-
-
-def read_bytes(reference) -> bytes:
-    """Return the content of an ``<object>`` attribute as bytes."""
-    if isinstance(reference, (bytes, bytearray)):
-        return bytes(reference)
-    return reference.read()

@@ -20,16 +20,16 @@ schema = dj.Schema()
 
 
 def scoring_options(*, radius: float = 5.0, threshold: float = 0.5) -> dict:
-    """Options of the scores.
+    """Options of the scores; this signature is the one statement of their defaults (see :class:`MetricsParams`).
 
     Parameters
     ----------
     radius : float, optional
         Largest distance, in voxels of the finest axis, at which a detected centroid matches
-        an annotated one (:func:`neuropipe.ops.match_centroids`). Default 5.
+        an annotated one (:func:`neuropipe.ops.match_centroids`).
     threshold : float, optional
         Membrane probability above which a voxel counts as membrane
-        (:func:`neuropipe.ops.pixel_scores`). Default 0.5.
+        (:func:`neuropipe.ops.membrane_map_scores`).
     """
     return {"radius": radius, "threshold": threshold}
 
@@ -41,12 +41,6 @@ class MetricsParams(ParamSet, dj.Lookup):
     key_name = "metrics_id"
     kernel = staticmethod(scoring_options)
     rules = {"radius": (positive, "a positive distance in voxels"), "threshold": (fraction, "a probability in [0, 1]")}
-    definition = """
-    metrics_id : char(16)                 # content hash of params
-    ---
-    params : json                         # radius, threshold
-    description = "" : varchar(255)
-    """
 
 
 @schema
@@ -71,24 +65,21 @@ class MembraneMetrics(dj.Computed):
 
     def make(self, key):
         """Score the probability map against the annotation."""
-        options = scoring_options(**MetricsParams().fetch_params(key))
         probability = np.asarray(open_stored((MembraneMap & key).fetch1("probability")))
         membrane, cells = (AnnotationVolume & key).fetch1("membrane", "cells")
-        scores = ops.pixel_scores(probability, np.asarray(membrane), threshold=options["threshold"])
-        voxel_size = (Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
-        segments = ops.label_components(probability <= options["threshold"], connectivity=6,
-                                        voxel_size=voxel_size).labels
-        self.insert1(dict(key, pixel_error=scores.pixel_error, precision=scores.precision, recall=scores.recall,
-                          f1=scores.f1, adapted_rand_error=ops.adapted_rand_error(segments, np.asarray(cells))))
+        self.insert1(dict(key, **ops.membrane_map_scores(probability, np.asarray(membrane), cells,
+                                                         threshold=MetricsParams().fetch_effective(key)["threshold"],
+                                                         voxel_size=Dataset.voxel_size(key))))
 
 
-@schema
-class DetectionMetrics(dj.Computed):
-    """Detected cells matched one-to-one to annotated cells within a radius."""
+class CentroidMetrics:
+    """Mixin for a table of detected cells matched one-to-one to annotated cells within a radius.
 
-    definition = """
-    -> CellDetection
-    -> MetricsParams
+    ``detections`` is the table of detections scored (with a part table ``Cell`` of centroids).
+    """
+
+    detections = None
+    definition_tail = """
     ---
     precision : float64
     recall : float64
@@ -101,28 +92,28 @@ class DetectionMetrics(dj.Computed):
     @property
     def key_source(self):
         """Detections in annotated datasets, under every metrics parameter set."""
-        return (CellDetection.proj() & AnnotationVolume) * MetricsParams.proj()
+        return (self.detections.proj() & AnnotationVolume) * MetricsParams.proj()
 
     def make(self, key):
-        """Match detected to annotated centroids and count."""
-        self.insert1(dict(key, **match_to_annotation(key, CellDetection.Cell & key)))
+        """Match detected to annotated centroids (radius in voxels of the finest axis) and count."""
+        spacing = np.asarray(Dataset.voxel_size(key), dtype=float)
+        match = ops.match_centroids(_centroids(self.detections.Cell & key),
+                                    _centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]}),
+                                    radius=MetricsParams().fetch_effective(key)["radius"],
+                                    voxel_size=spacing / spacing.min())
+        self.insert1(dict(key, precision=match.precision, recall=match.recall, f1=match.f1, true_positives=match.tp,
+                          false_positives=match.fp, false_negatives=match.fn))
 
 
-def match_to_annotation(key: dict, detected_cells) -> dict:
-    """Match the centroids of ``detected_cells`` one-to-one to the annotated cells of ``key``'s dataset.
+@schema
+class DetectionMetrics(CentroidMetrics, dj.Computed):
+    """Detected cells matched one-to-one to annotated cells within a radius."""
 
-    Returns
-    -------
-    dict
-        precision, recall, f1, true_positives, false_positives, false_negatives.
-    """
-    options = scoring_options(**MetricsParams().fetch_params(key))
-    truth = _centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]})
-    spacing = np.asarray((Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"), dtype=float)
-    match = ops.match_centroids(_centroids(detected_cells), truth, radius=options["radius"],
-                                voxel_size=spacing / spacing.min())
-    return dict(precision=match.precision, recall=match.recall, f1=match.f1, true_positives=match.tp,
-                false_positives=match.fp, false_negatives=match.fn)
+    detections = CellDetection
+    definition = """
+    -> CellDetection
+    -> MetricsParams
+    """ + CentroidMetrics.definition_tail
 
 
 def _centroids(cells) -> np.ndarray:

@@ -18,9 +18,9 @@ from neuropipe import ops
 from neuropipe.database import import_datajoint, insert_in_parts
 from neuropipe.params import ParamSet, positive
 from schemas.detection import DetectionParams
-from schemas.membrane import read_bytes
-from schemas.metrics import MetricsParams, match_to_annotation
-from schemas.volume import Annotation, AnnotationVolume, Dataset, Volume
+from schemas.membrane import TRAINING_RULES, TrainedModels
+from schemas.metrics import CentroidMetrics, MetricsParams  # noqa: F401 (NucleiMetrics's definition names it)
+from schemas.volume import DETECTED_CELL_PART, Annotation, AnnotationVolume, Dataset, Volume, cell_rows
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -34,25 +34,14 @@ class NucleiTrainingParams(ParamSet, dj.Lookup):
     kernel = staticmethod(ops.train_nuclei)
     not_params = ("voxel_size", "device", "progress", "num_threads")
     rules = {
-        "iterations": (positive, "a positive integer"),
-        "minutes": (positive, "a positive number of minutes"),
-        "width": (positive, "a positive number of channels"),
+        **TRAINING_RULES,
         "levels": (positive, "a positive number of poolings"),
         "crop": (positive, "a positive crop side in voxels"),
-        "batch_size": (positive, "a positive integer"),
-        "learning_rate": (positive, "a positive number"),
-        "precision": (lambda value: value in ops.PRECISIONS, "one of " + ", ".join(ops.PRECISIONS)),
     }
-    definition = """
-    nuclei_training_id : char(16)         # content hash of params
-    ---
-    params : json                         # keyword arguments of ops.train_nuclei
-    description = "" : varchar(255)
-    """
 
 
 @schema
-class NucleiModel(dj.Computed):
+class NucleiModel(TrainedModels, dj.Computed):
     """A nuclei U-Net trained on one volume's annotated cells.
 
     Attributes
@@ -61,16 +50,11 @@ class NucleiModel(dj.Computed):
         Weights and hyperparameters; ``ops.NucleiModel.from_bytes`` restores it.
     """
 
+    model_class = ops.NucleiModel
     definition = """
     -> AnnotationVolume
     -> NucleiTrainingParams
-    ---
-    model : <object@neuropipe>            # ops.NucleiModel.to_bytes()
-    iterations : int32                    # iterations actually run
-    train_seconds : float64
-    final_loss : float64
-    device : varchar(32)                  # where it was trained
-    """
+    """ + TrainedModels.definition_tail
 
     @property
     def key_source(self):
@@ -82,7 +66,7 @@ class NucleiModel(dj.Computed):
         """Train on the volume's annotated cells and store the model."""
         image = np.asarray(Volume.open_image(key))
         cells = np.asarray((AnnotationVolume & key).fetch1("cells"))
-        model = ops.train_nuclei(image, cells, voxel_size=_voxel_size(key),
+        model = ops.train_nuclei(image, cells, voxel_size=Dataset.voxel_size(key),
                                  **NucleiTrainingParams().fetch_params(key))
         self.insert1(dict(key, **model.summary()))
 
@@ -108,18 +92,9 @@ class NucleiDetection(dj.Computed):
     """
 
     class Cell(dj.Part):
-        """One detected cell."""
+        """One detected cell; its score is the mean predicted nucleus probability of its voxels."""
 
-        definition = """
-        -> master
-        cell_id : int32                   # its label in `labels`
-        ---
-        centroid_z : float64              # voxels
-        centroid_y : float64
-        centroid_x : float64
-        score : float64                   # mean predicted nucleus probability of its voxels
-        voxel_count : int64
-        """
+        definition = DETECTED_CELL_PART
 
     @property
     def key_source(self):
@@ -129,49 +104,20 @@ class NucleiDetection(dj.Computed):
 
     def make(self, key):
         """Predict the nuclei maps, take one cell per centre peak, store the cells."""
-        model = _model(key)
-        maps = ops.predict_nuclei(model, np.asarray(Volume.open_image(key)))
-        found = ops.detect_cells(maps.foreground, centres=maps.centres, voxel_size=_voxel_size(key),
+        maps = ops.predict_nuclei(NucleiModel().load(key), np.asarray(Volume.open_image(key)))
+        found = ops.detect_cells(maps.foreground, centres=maps.centres, voxel_size=Dataset.voxel_size(key),
                                  **DetectionParams().fetch_params(key))
         self.insert1(dict(key, labels=found.labels, cell_count=found.count,
                           mean_foreground=float(maps.foreground.mean(dtype=np.float64))))
-        insert_in_parts(self.Cell, (
-            dict(key, cell_id=index + 1, centroid_z=z, centroid_y=y, centroid_x=x, score=score, voxel_count=count)
-            for index, ((z, y, x), score, count) in enumerate(zip(found.centroids, found.scores,
-                                                                  found.voxel_counts))))
+        insert_in_parts(self.Cell, cell_rows(key, found.centroids, score=found.scores, voxel_count=found.voxel_counts))
 
 
 @schema
-class NucleiMetrics(dj.Computed):
+class NucleiMetrics(CentroidMetrics, dj.Computed):
     """Learned detections matched one-to-one to annotated cells within a radius."""
 
+    detections = NucleiDetection
     definition = """
     -> NucleiDetection
     -> MetricsParams
-    ---
-    precision : float64
-    recall : float64
-    f1 : float64
-    true_positives : int32
-    false_positives : int32
-    false_negatives : int32
-    """
-
-    @property
-    def key_source(self):
-        """Learned detections in annotated datasets, under every metrics parameter set."""
-        return (NucleiDetection.proj() & AnnotationVolume) * MetricsParams.proj()
-
-    def make(self, key):
-        """Match detected to annotated centroids and count."""
-        self.insert1(dict(key, **match_to_annotation(key, NucleiDetection.Cell & key)))
-
-
-def _voxel_size(key: dict) -> tuple:
-    return tuple((Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"))
-
-
-def _model(key: dict) -> ops.NucleiModel:
-    reference = (NucleiModel & {"dataset": key["training_dataset"],
-                                "nuclei_training_id": key["nuclei_training_id"]}).fetch1("model")
-    return ops.NucleiModel.from_bytes(read_bytes(reference))
+    """ + CentroidMetrics.definition_tail

@@ -20,6 +20,7 @@ from neuropipe.io.sources import box_slices, read_part
 logger = logging.getLogger(__name__)
 dj = import_datajoint()
 METADATA_FORMATS = ("zarr", "hdf5", "precomputed", "bossdb")  # sources whose metadata may hold a voxel size
+VOXEL_SIZE = ("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")  # the attributes of Dataset that hold its voxel size
 schema = dj.Schema()
 
 
@@ -35,8 +36,7 @@ def _with_voxel_size(row: dict) -> dict:
     A source that cannot be opened here (a path only the workers see) keeps the defaults;
     its workers report the real problem in the job table.
     """
-    names = ("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
-    if any(name in row for name in names) or "source" not in row:
+    if any(name in row for name in VOXEL_SIZE) or "source" not in row:
         return row
     if parse_source(row["source"]).format not in METADATA_FORMATS:
         return row
@@ -45,23 +45,29 @@ def _with_voxel_size(row: dict) -> dict:
     except (BadInputError, TransientError) as error:
         logger.info("voxel size of %s not read from its source: %s", row.get("dataset"), error)
         return row
-    return {**row, **dict(zip(names, sizes))} if sizes else row
+    return {**row, **dict(zip(VOXEL_SIZE, sizes))} if sizes else row
 
 
-class _CheckedInsert:
-    """Check source URIs and bounding boxes when rows are inserted, before anything is stored."""
+class CheckedInsert:
+    """Mixin that checks rows given as dicts when they are inserted, before anything is stored.
+
+    ``check_row`` (a function of one row that raises ``BadInputError``) checks source URIs and
+    bounding boxes unless a table names its own.
+    """
+
+    check_row = staticmethod(_check_source)
 
     def insert(self, rows, **kwargs):
-        """Insert rows after checking their ``source`` and ``bbox`` syntax (see ``dj.Table.insert``)."""
+        """Insert rows after checking each one given as a dict (see ``dj.Table.insert``)."""
         if isinstance(rows, (list, tuple)):
             for row in rows:
                 if isinstance(row, dict):
-                    _check_source(row)
+                    self.check_row(row)
         super().insert(rows, **kwargs)
 
 
 @schema
-class Dataset(_CheckedInsert, dj.Manual):
+class Dataset(CheckedInsert, dj.Manual):
     """An image volume to process, named by a source URI.
 
     Attributes
@@ -98,9 +104,14 @@ class Dataset(_CheckedInsert, dj.Manual):
     description = "" : varchar(1024)
     """
 
+    @classmethod
+    def voxel_size(cls, key: dict) -> tuple:
+        """Return the voxel size of ``key``'s dataset, ZYX nanometres."""
+        return tuple((cls & key).fetch1(*VOXEL_SIZE))
+
 
 @schema
-class Annotation(_CheckedInsert, dj.Manual):
+class Annotation(CheckedInsert, dj.Manual):
     """Expert labels of a dataset, registered like the dataset itself.
 
     Attributes
@@ -242,6 +253,37 @@ class VolumeBlocks(blockwise.BlockGrid, dj.Computed):
         return tuple(int(v) for v in (Volume & key).fetch1("depth", "height", "width"))
 
 
+CELL_PART = """
+-> master
+cell_id : int32                       # its label in the label volume
+---
+centroid_z : float64                  # voxels
+centroid_y : float64
+centroid_x : float64
+"""  # how every part table of cells begins: AnnotationVolume.Cell and the detections' (DETECTED_CELL_PART)
+DETECTED_CELL_PART = CELL_PART + """
+score : float64                       # detector confidence (nuclei: mean predicted nucleus probability of its voxels)
+voxel_count : int64
+"""  # the part table of the cells of a detection (schemas.detection, schemas.nuclei)
+
+
+def cell_rows(key: dict, centroids, **columns):
+    """Yield the rows of a part table of cells: cell ``i + 1`` at ``centroids[i]``, with ``columns[name][i]``.
+
+    Parameters
+    ----------
+    key : dict
+        The master row's key.
+    centroids : array_like of shape (N, 3)
+        ZYX voxel coordinates of each cell.
+    **columns : array_like of length N
+        The other attributes, e.g. ``score`` and ``voxel_count`` of :data:`DETECTED_CELL_PART`.
+    """
+    for index, (z, y, x) in enumerate(centroids):
+        yield dict(key, cell_id=index + 1, centroid_z=z, centroid_y=y, centroid_x=x,
+                   **{name: values[index] for name, values in columns.items()})
+
+
 @schema
 class AnnotationVolume(dj.Imported):
     """An annotation imported as a membrane mask plus labelled cells.
@@ -268,15 +310,9 @@ class AnnotationVolume(dj.Imported):
     class Cell(dj.Part):
         """One annotated cell (a connected component of the labels)."""
 
-        definition = """
-        -> master
-        cell_id : int32
-        ---
-        centroid_z : float64               # voxels
-        centroid_y : float64
-        centroid_x : float64
+        definition = CELL_PART + """
         voxel_count : int64
-        bbox : varchar(255)                # "z0:z1,y0:y1,x0:x1"
+        bbox : varchar(255)               # "z0:z1,y0:y1,x0:x1"
         """
 
     def make(self, key):
@@ -288,19 +324,15 @@ class AnnotationVolume(dj.Imported):
             raise BadInputError(
                 f"annotation of {key['dataset']!r} has shape {labels.shape}, the volume {(depth, height, width)}."
             )
-        voxel_size = (Dataset & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm")
         membrane = labels != 0 if kind == "membrane" else labels == 0
         cells = ops.label_components(~membrane if kind == "membrane" else labels, connectivity=6, dust=dust,
-                                     voxel_size=voxel_size)
+                                     voxel_size=Dataset.voxel_size(key))
         self.insert1(dict(key, membrane=membrane, cells=cells.labels, cell_count=len(cells.voxel_counts),
                           membrane_fraction=float(membrane.mean())))
-        self.Cell.insert(_cell_rows(key, cells))
+        boxes = [_bbox_text(box) for box in np.asarray(cells.bounding_boxes).reshape(-1, 6)]
+        self.Cell.insert(list(cell_rows(key, cells.centroids, voxel_count=cells.voxel_counts, bbox=boxes)))
 
 
-def _cell_rows(key: dict, cells) -> list[dict]:
-    boxes = np.asarray(cells.bounding_boxes).reshape(-1, 6)
-    return [
-        dict(key, cell_id=index + 1, centroid_z=z, centroid_y=y, centroid_x=x, voxel_count=int(count),
-             bbox=",".join(f"{box[2 * axis]}:{box[2 * axis + 1]}" for axis in range(3)))
-        for index, ((z, y, x), count, box) in enumerate(zip(cells.centroids, cells.voxel_counts, boxes))
-    ]
+def _bbox_text(box) -> str:
+    """Return a (z0, z1, y0, y1, x0, x1) box as ``"z0:z1,y0:y1,x0:x1"``."""
+    return ",".join(f"{box[2 * axis]}:{box[2 * axis + 1]}" for axis in range(3))

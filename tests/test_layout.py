@@ -86,35 +86,20 @@ def layer_of(module: str) -> int:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Return the strongly connected components of more than one module (Tarjan's algorithm)."""
-    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], [0]
+    """Return the groups of more than one module that each reach one another through imports."""
+    reach = {node: _reachable(graph, node) for node in graph}
+    groups = {tuple(sorted(other for other in reach[node] if node in reach.get(other, ()))) for node in graph}
+    return sorted(list(group) for group in groups if len(group) > 1)
 
-    def visit(node):
-        index[node] = low[node] = counter[0]
-        counter[0] += 1
-        stack.append(node)
-        on_stack.add(node)
-        for other in graph.get(node, ()):
-            if other not in index:
-                visit(other)
-                low[node] = min(low[node], low[other])
-            elif other in on_stack:
-                low[node] = min(low[node], index[other])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
 
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for other in graph.get(todo.pop(), ()):
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
 
 
 def test_no_module_takes_part_in_an_import_cycle():

@@ -49,8 +49,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from neuropipe import compat
-from neuropipe.blockwise.grid import Box, block_grid, core_box, grid_shape, grow, slices
 from neuropipe.database import STORE_NAME
+from neuropipe.ops.grid import Box, block_grid, core_box, grid_shape, grow, slices
 
 GRID_COORDINATES = ("grid_z", "grid_y", "grid_x")
 

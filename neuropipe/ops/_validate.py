@@ -88,149 +88,95 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_fraction(name, value):
-    """Return ``value`` as float after checking it lies in [0, 1].
+def _checked(name, value, accept, expected, convert):
+    """Return ``convert(value)`` where ``accept(value)``; else raise ValueError naming ``name``.
 
     Parameters
     ----------
     name : str
         Argument name used in error messages.
-    value : float
+    value : object
         Candidate value.
+    accept : callable
+        Predicate on ``value``.
+    expected : str
+        What the value must be, for the message ("a number in [0, 1]").
+    convert : type
+        ``float`` or ``int``.
 
     Returns
     -------
-    float
+    float or int
 
     Raises
     ------
     ValueError
-        If ``value`` is not a real number in the closed interval [0, 1].
+        ``"<name> must be <expected>; got <value>"``.
+    """
+    if not accept(value):
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    return convert(value)
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_fraction(name, value):
+    """Return ``value`` as float after checking it is a real number in [0, 1] (else ValueError naming ``name``).
 
     Examples
     --------
     >>> check_fraction("threshold", 0.5)
     0.5
     """
-    if not _is_real(value) or not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
-    return float(value)
+    return _checked(name, value, lambda v: _is_real(v) and 0.0 <= float(v) <= 1.0, "a number in [0, 1]", float)
 
 
 def check_positive(name, value):
-    """Return ``value`` as float after checking it is finite and > 0.
-
-    Parameters
-    ----------
-    name : str
-        Argument name used in error messages.
-    value : float
-        Candidate value.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not a finite real number greater than zero.
+    """Return ``value`` as float after checking it is finite and > 0 (else ValueError naming ``name``).
 
     Examples
     --------
     >>> check_positive("minutes", 2)
     2.0
     """
-    if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return float(value)
+    return _checked(name, value, lambda v: _is_real(v) and math.isfinite(float(v)) and float(v) > 0,
+                    "a finite number > 0", float)
 
 
 def check_nonnegative(name, value):
-    """Return ``value`` as float after checking it is finite and >= 0.
-
-    Parameters
-    ----------
-    name : str
-        Argument name used in error messages.
-    value : float
-        Candidate value.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not a finite real number greater than or equal to zero.
+    """Return ``value`` as float after checking it is finite and >= 0 (else ValueError naming ``name``).
 
     Examples
     --------
     >>> check_nonnegative("dilation", 0)
     0.0
     """
-    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
-    return float(value)
+    return _checked(name, value, lambda v: _is_real(v) and math.isfinite(float(v)) and float(v) >= 0,
+                    "a finite number >= 0", float)
 
 
 def check_positive_int(name, value):
-    """Return ``value`` as int after checking it is an integer >= 1.
-
-    Parameters
-    ----------
-    name : str
-        Argument name used in error messages.
-    value : int
-        Candidate value.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not an integer (bool excluded) or is < 1.
+    """Return ``value`` as int after checking it is an integer >= 1, bool excluded (else ValueError naming ``name``).
 
     Examples
     --------
     >>> check_positive_int("depth", 3)
     3
     """
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
+    return _checked(name, value, lambda v: _is_integer(v) and v >= 1, "an integer >= 1", int)
 
 
 def check_nonnegative_int(name, value):
-    """Return ``value`` as int after checking it is an integer >= 0.
-
-    Parameters
-    ----------
-    name : str
-        Argument name used in error messages.
-    value : int
-        Candidate value.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not an integer (bool excluded) or is negative.
+    """Return ``value`` as int after checking it is an integer >= 0, bool excluded (else ValueError naming ``name``).
 
     Examples
     --------
     >>> check_nonnegative_int("dust", 0)
     0
     """
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
-    return int(value)
+    return _checked(name, value, lambda v: _is_integer(v) and v >= 0, "an integer >= 0", int)
 
 
 def check_voxel_size(voxel_size, name="voxel_size"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from scipy.signal import fftconvolve, oaconvolve
@@ -41,7 +42,7 @@ from ._validate import (
 )
 from .components import label_components
 
-__all__ = ["DETECTION_METHODS", "Detections", "detect_cells"]
+__all__ = ["DETECTION_DEFAULTS", "DETECTION_METHODS", "Detections", "components_connectivity", "detect_cells"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,28 @@ def _detect_spheres(prob, threshold, stop, sphere_size, dilation, max_cells, vox
                       labels=labels, voxel_counts=counts)
 
 
+def components_connectivity(voxel_size) -> int:
+    """Return the connectivity of ``method='components'``: 26, or 6 for anisotropic voxels.
+
+    Parameters
+    ----------
+    voxel_size : sequence of 3 float
+        Physical (z, y, x) voxel size.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> components_connectivity((1.0, 1.0, 1.0)), components_connectivity((50, 4, 4))
+    (26, 6)
+    """
+    return 6 if len(set(voxel_size)) > 1 else 26
+
+
 def _detect_components(prob, threshold, max_cells, min_voxels, voxel_size):
-    anisotropic = len(set(voxel_size)) > 1
-    comps = label_components(prob > threshold, connectivity=6 if anisotropic else 26,
+    comps = label_components(prob > threshold, connectivity=components_connectivity(voxel_size),
                              dust=min_voxels, voxel_size=voxel_size)
     n = comps.count
     if n == 0:
@@ -314,6 +334,15 @@ def detect_cells(prob, *, threshold=0.2, stop=0.47, sphere_size=18, dilation=8, 
             labels=found[0], centroids=found[1], scores=found[2], voxel_counts=found[3])
     logger.debug("detect_cells(%s): %d detections", method, result.count)
     return result
+
+
+DETECTION_DEFAULTS = MappingProxyType({name: value for name, value in detect_cells.__kwdefaults__.items()
+                                        if name not in ("voxel_size", "centres")})
+"""The parameters of :func:`detect_cells` and their defaults, read from its signature.
+
+``voxel_size`` and ``centres`` come with the data and are not among them.  What a parameter
+set leaves out takes these values.
+"""
 
 
 def _probability(values, name):

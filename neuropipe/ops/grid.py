@@ -1,9 +1,11 @@
-"""Block grids: a volume cut into blocks, each read with a halo around it (pure numpy, no database).
+"""Block grids: a volume cut into blocks, each read with a halo around it (pure, no database).
 
 A block is named by its grid coordinates ``(bz, by, bx)``; its *core* is the part of the
 volume it owns and writes, its *read box* the core grown by a halo and clipped to the volume.
 Cores tile the volume exactly (the last block along an axis may be smaller), so results
-written core by core cover every voxel once.
+written core by core cover every voxel once.  :mod:`neuropipe.blockwise` builds its DataJoint
+tables on these; the block-by-block kernels (:mod:`~neuropipe.ops.stitch`,
+:mod:`~neuropipe.ops.block_detection`) use them directly.
 """
 
 from __future__ import annotations
@@ -59,12 +61,14 @@ def read_chunkwise(array, box: Box):
 
     Zarr decodes every chunk a read touches, all at once: a thin box across many chunks (a
     block's face, grown by a voxel into its neighbours) would hold nine decoded chunks for one
-    plane.  Read piece by piece, it holds one.
+    plane.  Read piece by piece, it holds one.  An array without ``chunks`` (numpy) is read
+    in one piece.
     """
     import numpy as np
 
     out = np.empty([stop - start for start, stop in box], array.dtype)
-    pieces = [_chunk_ranges(start, stop, chunk) for (start, stop), chunk in zip(box, array.chunks)]
+    chunks = getattr(array, "chunks", None) or [max(1, int(size)) for size in array.shape]
+    pieces = [_chunk_ranges(start, stop, chunk) for (start, stop), chunk in zip(box, chunks)]
     for part in product(*pieces):
         target = tuple(slice(a - start, b - start) for (a, b), (start, _) in zip(part, box))
         out[target] = array[tuple(slice(a, b) for a, b in part)]

@@ -22,6 +22,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ._validate import check_fraction, check_positive, check_same_shape, check_voxel_size
+from .components import label_components
 
 __all__ = [
     "MatchResult",
@@ -30,6 +31,7 @@ __all__ = [
     "match_centroids",
     "pixel_scores",
     "adapted_rand_error",
+    "membrane_map_scores",
     "variation_of_information",
 ]
 
@@ -348,10 +350,8 @@ def variation_of_information(seg, truth):
 
     Parameters
     ----------
-    seg : array_like, integer
-        Candidate segmentation (any shape).
-    truth : array_like, integer
-        Ground-truth segmentation, same shape; 0 is ignored.
+    seg, truth : array_like, integer
+        As for :func:`adapted_rand_error`.
 
     Returns
     -------
@@ -360,7 +360,7 @@ def variation_of_information(seg, truth):
     Raises
     ------
     ValueError
-        On shape mismatch, non-integer labels or a truth without labels.
+        As for :func:`adapted_rand_error`.
 
     Examples
     --------
@@ -379,3 +379,45 @@ def variation_of_information(seg, truth):
     split = max(h_joint - h_t, 0.0)
     merge = max(h_joint - h_s, 0.0)
     return VariationOfInformation(split=split + 0.0, merge=merge + 0.0)
+
+
+def membrane_map_scores(prob, membrane, cells, *, threshold, voxel_size=None) -> dict:
+    """Score a membrane probability map against annotated membrane and cells (ISBI 2012 conventions).
+
+    Voxels with ``prob > threshold`` are membrane (:func:`pixel_scores`); the cells the map
+    separates are the face-connected components of the rest (labelled plane by plane for
+    thick sections, as :func:`~neuropipe.ops.label_components` decides from ``voxel_size``),
+    scored against the annotated cells by :func:`adapted_rand_error`.
+
+    Parameters
+    ----------
+    prob : array_like of shape (Z, Y, X), float
+        Membrane probability.
+    membrane : array_like of shape (Z, Y, X), bool
+        True on annotated membrane.
+    cells : array_like of shape (Z, Y, X), integer
+        Annotated cell labels, 0 = none.
+    threshold : float
+        Probability above which a voxel is membrane.
+    voxel_size : sequence of 3 float, optional
+        Physical (z, y, x) voxel size; ``None`` means isotropic.
+
+    Returns
+    -------
+    dict
+        ``pixel_error``, ``precision``, ``recall``, ``f1`` (of membrane voxels) and
+        ``adapted_rand_error`` (of the cells).
+
+    Examples
+    --------
+    >>> cells = np.zeros((1, 4, 5), np.uint32); cells[0, :, :2], cells[0, :, 3:] = 1, 2
+    >>> prob = (cells == 0).astype(float)
+    >>> scores = membrane_map_scores(prob, cells == 0, cells, threshold=0.5)
+    >>> scores["pixel_error"], scores["adapted_rand_error"]
+    (0.0, 0.0)
+    """
+    prob = np.asarray(prob)
+    pixels = pixel_scores(prob, membrane, threshold=threshold)
+    segments = label_components(prob <= threshold, connectivity=6, voxel_size=voxel_size).labels
+    return dict(pixel_error=pixels.pixel_error, precision=pixels.precision, recall=pixels.recall, f1=pixels.f1,
+                adapted_rand_error=adapted_rand_error(segments, np.asarray(cells)))

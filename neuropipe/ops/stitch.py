@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .components import label_components, thick_sections
+from .grid import block_grid, read_chunkwise, slices
+
 BLOCK_ID_SHIFT = 32  # a fragment id is (linear block index + 1) << 32 | its label in the block
 
 
@@ -244,8 +247,6 @@ def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, vo
     The pieces are described from cc3d's own statistics (counts, centroids, bounding boxes)
     and one weighted count per plane: what :func:`pieces` finds by sorting every plane.
     """
-    from neuropipe.ops.components import label_components
-
     found = label_components(mask, connectivity=connectivity, voxel_size=voxel_size)
     volume_shape = tuple(volume_shape or mask.shape)
     count = found.count
@@ -301,10 +302,9 @@ def stitch_pairs(read_plane, shape, block, connectivity: int, planar: bool) -> n
 
     ``read_plane(axis, index, box)`` returns the fragment ids of plane ``index`` normal to
     ``axis`` inside ``box`` (the other two axes' ranges); planes are read one block face at a
-    time (grown by one voxel for diagonal steps), so memory stays that of a face.
+    time (grown by one voxel for diagonal steps), so memory stays that of a face
+    (:func:`plane_reader` reads them so from an array).
     """
-    from neuropipe.blockwise.grid import block_grid
-
     found = [np.empty((0, 2), np.uint64)]
     for index, core in block_grid(shape, block):
         for axis in range(3):
@@ -320,6 +320,29 @@ def stitch_pairs(read_plane, shape, block, connectivity: int, planar: bool) -> n
     return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
+def plane_reader(fragments):
+    """Return the ``read_plane(axis, index, box)`` of :func:`stitch_pairs` for an array of fragment ids.
+
+    Parameters
+    ----------
+    fragments : array_like of uint64
+        ZYX fragment ids of the whole volume: numpy, or a chunked (zarr) array read one chunk
+        at a time (:func:`~neuropipe.ops.grid.read_chunkwise`).
+
+    Returns
+    -------
+    callable
+        ``read_plane(axis, index, box)``: plane ``index`` normal to ``axis``, inside ``box``
+        (the other two axes' ranges).
+    """
+    def read_plane(axis, index, box):
+        box = list(box)
+        box.insert(axis, (index, index + 1))
+        return np.take(read_chunkwise(fragments, box), 0, axis=axis)
+
+    return read_plane
+
+
 def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxel_size=None, dust: int = 0,
                         max_count: int | None = None) -> np.ndarray:
     """Label a mask block by block and stitch the blocks: equal to labelling it whole.
@@ -327,9 +350,6 @@ def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxe
     The in-memory reference of what the blockwise tables do through the store; used to test
     them and to benchmark.
     """
-    from neuropipe.blockwise.grid import block_grid, slices
-    from neuropipe.ops.components import thick_sections
-
     fragments = np.zeros(mask.shape, np.uint64)
     described = []
     for linear, (_, core) in enumerate(block_grid(mask.shape, block)):
@@ -337,14 +357,8 @@ def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxe
                                     origin=[start for start, _ in core], volume_shape=mask.shape)
         fragments[slices(core)] = ids
         described.append(part)
-
-    def read_plane(axis, index, box):
-        box = list(box)
-        box.insert(axis, (index, index + 1))
-        return np.take(fragments[slices(box)], 0, axis=axis)
-
     planar = voxel_size is not None and thick_sections(voxel_size)
-    pairs = stitch_pairs(read_plane, mask.shape, block, connectivity, planar)
+    pairs = stitch_pairs(plane_reader(fragments), mask.shape, block, connectivity, planar)
     ids = np.concatenate([part["ids"] for part in described])
     roots = merge_fragments(ids, pairs)
     labels, _ = number_components(roots, np.concatenate([part["first_voxels"] for part in described]),

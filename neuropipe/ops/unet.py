@@ -74,6 +74,11 @@ class MembraneModel(TrainedModel):
         """Training-set intensity standard deviation used for normalisation (float)."""
         return float(self.hyperparameters["std"])
 
+    @property
+    def context(self):
+        """Neighbouring slices on each side the network sees (int; 0 for models saved before it was one)."""
+        return int(self.hyperparameters.get("context", 0))
+
     def to_bytes(self):
         """Serialise weights, hyperparameters and history with :func:`torch.save`.
 
@@ -578,7 +583,7 @@ def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, pre
     """Blend the network's predictions over overlapping tiles of every slice (each tile's 8 views with ``augment``)."""
     nz, ny, nx = volume.shape
     y0, x0, height, width = frame
-    context = int(model.hyperparameters.get("context", 0))
+    context = model.context
     th, tw = min(tile, height), min(tile, width)
     weight = np.outer(_window_1d(th, overlap), _window_1d(tw, overlap))
     jobs = [(z, y, x) for z in range(nz)

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from neuropipe.ops import adapted_rand_error, match_centroids, pixel_scores, variation_of_information
+from neuropipe.ops import (
+    adapted_rand_error,
+    match_centroids,
+    membrane_map_scores,
+    pixel_scores,
+    variation_of_information,
+)
 
 
 def test_matching_is_optimal_not_greedy():
@@ -148,3 +154,18 @@ def test_variation_of_information_ignores_truth_background():
 def test_segmentation_metrics_refuse_bad_input(metric, seg, truth, message):
     with pytest.raises(ValueError, match=message):
         metric(seg, truth)
+
+
+def test_a_membrane_map_is_scored_by_its_pixels_and_by_the_cells_it_separates():
+    cells = np.zeros((2, 6, 9), np.uint32)
+    cells[:, :, 0:4], cells[:, :, 5:9] = 1, 2  # two cells either side of a membrane plane at x = 4
+    membrane = cells == 0
+    perfect = membrane_map_scores(membrane.astype(float), membrane, cells, threshold=0.5)
+    assert perfect == {"pixel_error": 0.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "adapted_rand_error": 0.0}
+    gap = membrane.astype(float)
+    gap[:, 2, 4] = 0.3  # a hole in the wall merges the two cells; two voxels wrong
+    scores = membrane_map_scores(gap, membrane, cells, threshold=0.5)
+    assert scores["pixel_error"] == pytest.approx(2 / cells.size) and scores["recall"] == pytest.approx(10 / 12)
+    assert scores["adapted_rand_error"] == pytest.approx(adapted_rand_error(np.where(gap <= 0.5, 1, 0), cells))
+    assert scores["adapted_rand_error"] > 0.3
+    assert membrane_map_scores(gap, membrane, cells, threshold=0.2)["adapted_rand_error"] == 0.0  # 0.3 is wall

@@ -87,3 +87,15 @@ def test_first_voxels_are_found_where_labels_do_not_start_in_raster_order():
     labels = np.array([[[0, 2, 1], [1, 0, 2]]], np.uint32)  # 2 appears before 1 in the plane
     first = stitch._first_voxels(labels, np.array([0, 0]), (0, 0, 0), labels.shape)
     assert first.tolist() == [2, 1]
+
+
+def test_a_plane_reader_reads_numpy_and_zarr_arrays_alike(tmp_path):
+    import zarr
+
+    data = np.random.default_rng(2).integers(0, 2**40, (6, 9, 11), dtype=np.uint64)
+    array = zarr.create_array(store=str(tmp_path / "f.zarr"), shape=data.shape, chunks=(2, 4, 4), dtype="uint64")
+    array[:] = data
+    for reader in (stitch.plane_reader(data), stitch.plane_reader(array)):
+        np.testing.assert_array_equal(reader(0, 3, ((1, 8), (2, 11))), data[3, 1:8, 2:11])
+        np.testing.assert_array_equal(reader(1, 4, ((0, 6), (5, 9))), data[0:6, 4, 5:9])
+        np.testing.assert_array_equal(reader(2, 10, ((2, 5), (0, 9))), data[2:5, 0:9, 10])

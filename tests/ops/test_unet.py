@@ -228,7 +228,7 @@ def test_isbi_2012_held_out_pixel_error_meets_the_floor(isbi_path):
 
 @pytest.mark.parametrize("normalise, context, augment", [("stack", 0, False), ("slice", 1, True)])
 def test_blocks_read_with_a_tile_of_halo_predict_what_the_whole_volume_does(normalise, context, augment):
-    from neuropipe.blockwise.grid import block_grid, grow, slices
+    from neuropipe.ops.grid import block_grid, grow, slices
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (9, 70, 90)).astype(np.uint8)

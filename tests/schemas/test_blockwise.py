@@ -95,6 +95,20 @@ def test_every_sphere_is_owned_by_one_block(pipeline, chain):
     assert set(np.unique(labels)) == set(range(len(blockwise) + 1))
 
 
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
+def test_a_model_is_loaded_once_per_stored_version(pipeline, chain):
+    models = pipeline.membrane.MembraneModel
+    key = {"training_dataset": "s", **chain["training"], "blocking_id": "small"}  # as a block's key names it
+    first = models().load(key)
+    assert isinstance(first, ops.MembraneModel) and models().load(key) is first  # cached: blocks share it
+    assert first.hyperparameters == chain["model"].hyperparameters
+    row = (models & chain["key"]).fetch1()
+    (models & chain["key"]).delete(prompt=False)  # trained again: stored anew, so loaded anew
+    models.insert1(dict(row, model=chain["model"].to_bytes()), allow_direct_insert=True)
+    again = models().load(key)
+    assert again is not first and again.hyperparameters == first.hyperparameters
+
+
 @pytest.mark.parametrize("settings", ["mysql"], indirect=True)
 def test_status_counts_blocks_and_a_failed_block_is_retried_alone(pipeline, chain, monkeypatch):
     membrane = pipeline.membrane

@@ -80,7 +80,7 @@ def test_isbi_2012_end_to_end(pipeline, settings, isbi_path):
     assert set(scores) == {"isbi_train", "isbi_eval"}
     assert scores["isbi_eval"]["pixel_error"] < 0.15, scores  # raw intensity threshold: 0.19
     training_id = pipeline.membrane.TrainingParams.fetch1("training_id")  # the plan's only set
-    trained = pipeline.membrane._model({"training_dataset": "isbi_train", "training_id": training_id})
+    trained = pipeline.membrane.MembraneModel().load({"training_dataset": "isbi_train", "training_id": training_id})
     defaults = {name: parameter.default for name, parameter in inspect.signature(ops.train_membrane).parameters.items()}
     # the kernel's defaults, not the sample's
     for setting in ("depth", "width", "learning_rate", "schedule", "normalise"):

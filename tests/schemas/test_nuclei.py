@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from neuropipe import ops
 from neuropipe.pipeline import pipeline_tables
 from neuropipe.worker import run_worker
 
@@ -31,6 +32,9 @@ def test_a_model_trained_on_annotated_nuclei_detects_and_is_scored(pipeline, nuc
 
     model = (nuclei.NucleiModel & {"dataset": "train"}).fetch1()
     assert model["iterations"] == 40 and model["device"] == "cpu" and model["train_seconds"] > 0
+    loaded = nuclei.NucleiModel().load({"training_dataset": "train", **training})  # as a detection's key names it
+    assert isinstance(loaded, ops.NucleiModel) and loaded.iterations == 40
+    assert nuclei.NucleiModel().load({"training_dataset": "train", **training}) is loaded  # loaded once, as maps' are
     # Every volume under the one model and the one learned parameter set; none from the model that failed.
     made = nuclei.NucleiDetection().to_dicts(order_by="dataset")
     assert [(row["dataset"], row["training_dataset"]) for row in made] == [

@@ -115,10 +115,9 @@ def test_chunked_sources_import_only_their_box_with_the_voxel_size_of_their_meta
                            dict(dataset="layer", source=layer, bbox="32:36,2008:2040,1000:1024"),
                            dict(dataset="given", source=layer, bbox=None,
                                 voxel_z_nm=45.0, voxel_y_nm=5.0, voxel_x_nm=5.0)])
-    assert (volume.Dataset & {"dataset": "ome"}).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm") == \
-        pytest.approx((30.0, 6.0, 6.0))
-    assert (volume.Dataset & {"dataset": "layer"}).fetch1("voxel_z_nm", "voxel_x_nm") == (40.0, 4.0)
-    assert (volume.Dataset & {"dataset": "given"}).fetch1("voxel_z_nm") == 45.0
+    assert volume.Dataset.voxel_size({"dataset": "ome"}) == pytest.approx((30.0, 6.0, 6.0))
+    assert volume.Dataset.voxel_size({"dataset": "layer", "other": "fields"}) == (40.0, 4.0, 4.0)
+    assert volume.Dataset.voxel_size({"dataset": "given"}) == (45.0, 5.0, 5.0)
     drain(volume)
     for name in ("ome", "layer"):
         np.testing.assert_array_equal(np.asarray((volume.Volume & {"dataset": name}).fetch1("image")),
