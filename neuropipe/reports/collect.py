@@ -11,7 +11,6 @@ durations stand in.
 from __future__ import annotations
 
 import datetime
-import inspect
 import sys
 from collections import defaultdict
 
@@ -147,12 +146,6 @@ def _fill_defaults(rows: list[dict], columns: list[str], parameter_classes) -> N
 
 
 def _kernel_defaults(cls) -> dict:
-    """Return the scalar keyword defaults of a ParamSet's kernel, less the arguments that are not parameters."""
-    try:
-        signature = inspect.signature(cls.kernel)
-    except (TypeError, ValueError):
-        return {}
-    excluded = set(getattr(cls, "not_params", ()))
-    return {name: p.default for name, p in signature.parameters.items()
-            if isinstance(p.default, (bool, int, float, str)) and name not in excluded
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    """Return the scalar defaults of a parameter table's kernel (:meth:`~neuropipe.params.ParamSet.defaults`)."""
+    defaults = cls.defaults() if callable(getattr(cls, "defaults", None)) else {}
+    return {name: value for name, value in defaults.items() if isinstance(value, (bool, int, float, str))}

@@ -68,7 +68,7 @@ def dataset_results(classes: dict, *, dataset: str | None = None, restriction: d
     found = []
     for key in volumes.proj().to_dicts(order_by="dataset"):
         shape = tuple(int(v) for v in (volume & key).fetch1("depth", "height", "width"))
-        voxel = tuple(float(v) for v in (classes["Dataset"] & key).fetch1("voxel_z_nm", "voxel_y_nm", "voxel_x_nm"))
+        voxel = tuple(float(v) for v in classes["Dataset"].voxel_size(key))
         found.append(Result(key["dataset"], shape, voxel, key, **_chosen(classes, key, restriction)))
     return found
 
