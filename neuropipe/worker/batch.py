@@ -106,7 +106,7 @@ class Batches:
                 HOLDINGS.add(name, self.batch_keys)
             outcome.claimed = len(self.batch_keys)
             timings, records = self._make_batch(table, keep_going, outcome)
-            self._complete_batch(table, timings, made=len(outcome.done), records=records)
+            self._complete(table, timings, made=len(outcome.done), records=records)
             if records:
                 self.recorder.write_rows(records)
             self.connection.commit_transaction()

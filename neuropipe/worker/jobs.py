@@ -10,9 +10,9 @@ and keeps every state in that table so what DataJoint users already query shows 
   never done without its rows nor its rows without the job done (with the claim, two
   commits per job where DataJoint's populate makes four), and a worker that lost its
   reservation while paused cannot create a duplicate or an error row;
-- ``run_batch`` is the same for many short jobs at once: it claims them inside one
-  transaction (locked, so other workers skip them), makes them one after another and
-  commits once: one durable commit for the batch;
+- ``run_batch`` (:mod:`~neuropipe.worker.batch`) is the same for many short jobs at once:
+  it claims them inside one transaction (locked, so other workers skip them), makes them
+  one after another and commits once: one durable commit for the batch;
 - ``fail`` records the attempt in :class:`~neuropipe.worker.registry.Failure` and either
   re-queues the job with backoff (transient failures) or marks it ``error`` (permanent);
 - ``release`` and ``reset_orphans`` hand reservations back to the queue;
@@ -22,7 +22,8 @@ and keeps every state in that table so what DataJoint users already query shows 
   the rows were in fact committed.
 
 A reservation's identity is the host and pid of the process that made it; what that
-process holds is kept in :data:`HOLDINGS`, so one process may run several workers.
+process holds is kept in :data:`~neuropipe.worker.holdings.HOLDINGS`, so one process may
+run several workers.
 """
 
 from __future__ import annotations
@@ -303,7 +304,7 @@ class JobQueue(Batches):
 
         Notes
         -----
-        The key stays held (see :class:`Holdings`) until the caller calls :meth:`forget`,
+        The key stays held (see :class:`~neuropipe.worker.holdings.Holdings`) until the caller calls :meth:`forget`,
         after it has recorded a failure: the heartbeat must not hand back a job that is
         about to be re-queued with backoff or marked ``error``.
         """
@@ -319,7 +320,7 @@ class JobQueue(Batches):
                 call_make(table, key, make_kwargs, self.identity.version)
                 records = [self.recorder.row(key, meter.finish())] if self.recorder else []
                 outcome = "done"
-            self._complete_batch(table, [(key, start, time.time() - start)], made=outcome == "done", records=records)
+            self._complete(table, [(key, start, time.time() - start)], made=outcome == "done", records=records)
             if outcome == "done" and records:
                 self.recorder.write_rows(records)
             self.connection.commit_transaction()
@@ -379,7 +380,7 @@ class JobQueue(Batches):
 
     # --- internals ----------------------------------------------------------------------
 
-    def _complete_batch(self, table, timings: list, made: int, records=()) -> None:
+    def _complete(self, table, timings: list, made: int, records=()) -> None:
         """Within the jobs' transaction: stamp the made rows, then mark the jobs done, one statement each.
 
         ``timings`` holds (key, start, duration) per job; the first ``made`` were made here
