@@ -65,7 +65,7 @@ def client(settings, schema_name: str, prefix: str, seconds: float, batch: bool,
         else:
             keys = queue.claim(1)
             queue._begin()
-        queue._complete_batch(table, [(key, time.time(), 0.0) for key in keys], made=0)
+        queue._complete(table, [(key, time.time(), 0.0) for key in keys], made=0)
         queue.connection.commit_transaction()
         queue.forget(keys)
         done += len(keys)
