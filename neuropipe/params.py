@@ -77,7 +77,8 @@ def kernel_defaults(kernel: Callable, exclude=()) -> dict:
     Parameters
     ----------
     kernel : callable
-        A ``neuropipe.ops`` function; its parameters are its keyword-only arguments.
+        A ``neuropipe.ops`` function (or a step's); its parameters are its keyword-only arguments and
+        those with defaults.
     exclude : iterable of str, optional
         Keyword arguments that are not parameters (chosen by the worker).
 
@@ -98,9 +99,11 @@ def kernel_defaults(kernel: Callable, exclude=()) -> dict:
 
 
 def _keywords(kernel: Callable, exclude) -> dict:
-    """Return the keyword-only parameters of ``kernel`` not in ``exclude``, by name."""
+    """Return the settings of ``kernel`` not in ``exclude``, by name: keyword-only, or with a default."""
     return {name: parameter for name, parameter in inspect.signature(kernel).parameters.items()
-            if parameter.kind == inspect.Parameter.KEYWORD_ONLY and name not in exclude}
+            if name not in exclude and (parameter.kind == inspect.Parameter.KEYWORD_ONLY or (
+                parameter.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
+                and parameter.default is not inspect.Parameter.empty))}
 
 
 def one_of(choices) -> tuple[Callable[[Any], bool], str]:

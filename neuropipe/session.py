@@ -16,6 +16,7 @@ import sys
 import time
 from types import ModuleType
 
+from neuropipe import steps
 from neuropipe.config import Settings, load_settings
 from neuropipe.database import connect as open_connection
 from neuropipe.database import retrying_declaration
@@ -24,6 +25,7 @@ from neuropipe.worker import TableTally, Worker, WorkerOptions, registry
 
 #: The pipeline modules the latest :func:`connect` bound, which :func:`populate` serves by default.
 _BOUND: list[ModuleType] = []
+_PREFIX: list[str] = []  # the schema prefix connect() bound them under
 
 
 def connect(settings: Settings | None = None, *, pipeline="schemas"):
@@ -48,6 +50,7 @@ def connect(settings: Settings | None = None, *, pipeline="schemas"):
     connection = open_connection(settings)
     retrying_declaration(registry.activate, settings.schema_prefix, connection)
     _BOUND[:] = load_pipeline(_as_list(pipeline), prefix=settings.schema_prefix)
+    _PREFIX[:] = [settings.schema_prefix]
     return connection
 
 
@@ -63,7 +66,8 @@ def populate(*restrictions, pipeline=None, tables=None, progress: bool = True, *
     *restrictions : dict, list of dicts, str or query
         Restrict every table's ``key_source`` (e.g. ``{"dataset": "stack1"}``); none: all keys.
     pipeline : str, module, list of them, optional
-        Default: what :func:`connect` bound (which is called first if it was not).
+        Default: what :func:`connect` bound (which is called first if it was not), and the
+        modules where steps were declared (:func:`neuropipe.steps.step`).
     tables : str, list of str or of table classes, optional
         Only these tables: class names or shell patterns (``"Membrane*"``), or the classes.
     progress : bool
@@ -79,11 +83,11 @@ def populate(*restrictions, pipeline=None, tables=None, progress: bool = True, *
         failed, the seconds spent, and the errors.
     """
     if pipeline is not None:
-        modules = load_pipeline(_as_list(pipeline), prefix=load_settings().schema_prefix)
+        modules = load_pipeline(_as_list(pipeline), prefix=_PREFIX[0] if _PREFIX else load_settings().schema_prefix)
     else:
         if not _BOUND:
             connect()
-        modules = list(_BOUND)
+        modules = [*_BOUND, *(module for module in steps.declared_modules() if module not in _BOUND)]
     chosen = _chosen_tables(modules, tables)
     options.setdefault("max_idle", 0)
     printer = Progress() if progress else None

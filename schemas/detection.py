@@ -9,13 +9,13 @@ mixed sizes (``method='blobs'``), as chosen by :class:`DetectionParams`.  Parame
 
 import numpy as np
 
-from neuropipe import blockwise, ops
+from neuropipe import blockwise, ops, steps
 from neuropipe.database import import_datajoint, insert_in_parts
 from neuropipe.io.stored import open_stored
 from neuropipe.ops import stitch
 from neuropipe.params import ParamSet, fraction, non_negative_int, one_of, positive
 from schemas.membrane import MembraneMap
-from schemas.volume import DETECTED_CELL_PART, Dataset, VolumeBlocks, cell_rows
+from schemas.volume import DETECTED_CELL_PART, Dataset, VolumeBlocks, cell_rows, centroids
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -136,3 +136,7 @@ class CellDetection(dj.Computed):
                           cell_count=len(cells["centroids"])))
         insert_in_parts(self.Cell, cell_rows(key, cells["centroids"], score=cells["scores"],
                                              voxel_count=cells["voxel_counts"]))
+
+
+steps.provide("labels", CellDetection)  # what a step's parameters named labels and cells read
+steps.provide("cells", CellDetection, lambda key: centroids(CellDetection.Cell & key))

@@ -9,7 +9,7 @@ lab wants fewer combinations.
 
 import numpy as np
 
-from neuropipe import blockwise, ops
+from neuropipe import blockwise, ops, steps
 from neuropipe.database import import_datajoint
 from neuropipe.params import ParamSet, fraction, non_negative, non_negative_int, one_of, positive
 from schemas.volume import Annotation, AnnotationVolume, Volume, VolumeBlocks
@@ -211,3 +211,6 @@ class MembraneMap(dj.Computed):
         voxels = np.prod((VolumeBlocks & key).fetch1("depth", "height", "width"), dtype=np.float64)
         self.insert1(dict(key, probability=blockwise.output_reference(MembraneBlock(), key),
                           mean_probability=float(total / voxels)))
+
+
+steps.provide("probability", MembraneMap)  # what a step's parameter named probability reads

@@ -13,7 +13,7 @@ from neuropipe.io.stored import open_stored
 from neuropipe.params import ParamSet, fraction, positive
 from schemas.detection import CellDetection
 from schemas.membrane import MembraneMap
-from schemas.volume import AnnotationVolume, Dataset
+from schemas.volume import AnnotationVolume, Dataset, centroids
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -97,8 +97,8 @@ class CentroidMetrics:
     def make(self, key):
         """Match detected to annotated centroids (radius in voxels of the finest axis) and count."""
         spacing = np.asarray(Dataset.voxel_size(key), dtype=float)
-        match = ops.match_centroids(_centroids(self.detections.Cell & key),
-                                    _centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]}),
+        match = ops.matchcentroids(centroids(self.detections.Cell & key),
+                                    centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]}),
                                     radius=MetricsParams().fetch_effective(key)["radius"],
                                     voxel_size=spacing / spacing.min())
         self.insert1(dict(key, precision=match.precision, recall=match.recall, f1=match.f1, true_positives=match.tp,
@@ -114,8 +114,3 @@ class DetectionMetrics(CentroidMetrics, dj.Computed):
     -> CellDetection
     -> MetricsParams
     """ + CentroidMetrics.definition_tail
-
-
-def _centroids(cells) -> np.ndarray:
-    rows = cells.to_arrays("centroid_z", "centroid_y", "centroid_x")
-    return np.stack(rows, axis=1) if len(rows[0]) else np.zeros((0, 3))

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from neuropipe import blockwise, ops
+from neuropipe import blockwise, ops, steps
 from neuropipe.config import load_settings
 from neuropipe.database import import_datajoint
 from neuropipe.errors import BadInputError, TransientError
@@ -284,6 +284,12 @@ def cell_rows(key: dict, centroids, **columns):
                    **{name: values[index] for name, values in columns.items()})
 
 
+def centroids(cells) -> np.ndarray:
+    """Return the ZYX centroids of a query of a cell part table, as an (N, 3) array."""
+    rows = cells.to_arrays("centroid_z", "centroid_y", "centroid_x")
+    return np.stack(rows, axis=1) if len(rows[0]) else np.zeros((0, 3))
+
+
 @schema
 class AnnotationVolume(dj.Imported):
     """An annotation imported as a membrane mask plus labelled cells.
@@ -336,3 +342,6 @@ class AnnotationVolume(dj.Imported):
 def _bbox_text(box) -> str:
     """Return a (z0, z1, y0, y1, x0, x1) box as ``"z0:z1,y0:y1,x0:x1"``."""
     return ",".join(f"{box[2 * axis]}:{box[2 * axis + 1]}" for axis in range(3))
+
+
+steps.provide("image", Volume, Volume.open_image)  # what a step's parameter named image reads

@@ -58,7 +58,7 @@ def git_state(folder: str | None = None) -> tuple[str, bool]:
 def code_hash(table_class: type) -> str:
     """Return the 32-hex-digit hash of the code that makes ``table_class``'s rows."""
     digest = hashlib.md5()
-    digest.update(_source_of(table_class).encode())
+    digest.update(_source_of(getattr(table_class, "function", table_class)).encode())  # a step: its function
     module = sys.modules.get(table_class.__module__)
     for path in sorted(code_files(module) if module else ()):
         digest.update(path.name.encode())
