@@ -162,8 +162,8 @@ class PerBlock:
     """Mixin for a Computed table that works on one block (plus halo) of a volume per job.
 
     Subclasses set ``grid`` (their :class:`BlockGrid` table) and ``output_dtype`` (None for no
-    shared output array), and define :meth:`read` and :meth:`compute`; :meth:`halo` defaults
-    to the block shape's.
+    shared output array; ``"result"`` for the dtype :meth:`compute` returns), and define
+    :meth:`read` and :meth:`compute`; :meth:`halo` defaults to the block shape's.
     """
 
     grid = None
@@ -204,8 +204,9 @@ class PerBlock:
         if self.output_dtype is not None:
             core_shape = tuple(stop - start for start, stop in block.core)
             core = result if result.shape == core_shape else result[block.core_in_read]
-            output = open_output(self, output_key(key), block.volume_shape, self.output_dtype, block.block_shape)
-            output[slices(block.core)] = core.astype(self.output_dtype, copy=False)
+            dtype = result.dtype if self.output_dtype == "result" else self.output_dtype
+            output = open_output(self, output_key(key), block.volume_shape, dtype, block.block_shape)
+            output[slices(block.core)] = core.astype(output.dtype, copy=False)
         self.insert1(dict(key, seconds=seconds, **row))
 
 

@@ -37,7 +37,7 @@ import typing
 from neuropipe.database import import_datajoint
 from neuropipe.errors import ConfigurationError
 from neuropipe.params import ParamSet, one_of, params_hash
-from neuropipe.steps import outputs
+from neuropipe.steps import blocks, outputs
 from neuropipe.steps.inputs import provide, provided
 
 RULES = {
@@ -48,8 +48,8 @@ RULES = {
 }
 
 
-def step(schema, function=None, *, name: str | None = None, gpu: bool = False, memory_gb: float = 0.0,
-         transient_errors: tuple = ()):
+def step(schema, function=None, *, name: str | None = None, block=None, halo=None, gpu: bool = False,
+         memory_gb: float = 0.0, transient_errors: tuple = ()):
     """Declare a step from ``function``: a parameter-set Lookup and a Computed table (see the module).
 
     Use as ``@step(schema)`` or ``step(schema, function)``.
@@ -63,6 +63,11 @@ def step(schema, function=None, *, name: str | None = None, gpu: bool = False, m
         are its settings; its return annotation says what is stored.
     name : str, optional
         The table's class name (default: the function's name in CamelCase).
+    block : tuple of 3 int, optional
+        Run one job per block of this ZYX shape and assemble one chunked result
+        (:mod:`~neuropipe.steps.blocks`); default: one job per volume.
+    halo : tuple of 3 int, optional
+        With ``block``: voxels read around each block (the function's reach).
     gpu : bool
         Only workers with a GPU take its jobs.
     memory_gb : float
@@ -76,9 +81,9 @@ def step(schema, function=None, *, name: str | None = None, gpu: bool = False, m
         The Computed table class.
     """
     if function is None:
-        return lambda function: step(schema, function, name=name, gpu=gpu, memory_gb=memory_gb,
-                                     transient_errors=transient_errors)
-    return _declare(schema, function, name or _camel(function.__name__),
+        return lambda function: step(schema, function, name=name, block=block, halo=halo, gpu=gpu,
+                                     memory_gb=memory_gb, transient_errors=transient_errors)
+    return _declare(schema, function, name or _camel(function.__name__), block=block, halo=halo,
                     resources={"gpu": gpu, "memory_gb": memory_gb} if gpu or memory_gb else {},
                     transient_errors=tuple(transient_errors))
 
@@ -97,7 +102,7 @@ def signature_parts(function) -> tuple[list[str], dict]:
     return inputs, settings
 
 
-def _declare(schema, function, class_name: str, *, resources: dict, transient_errors: tuple):
+def _declare(schema, function, class_name: str, *, block, halo, resources: dict, transient_errors: tuple):
     dj = import_datajoint()
     inputs, settings = signature_parts(function)
     sources = [provided(name, function.__name__) for name in inputs]
@@ -121,21 +126,23 @@ def _declare(schema, function, class_name: str, *, resources: dict, transient_er
     upstream = {source.table.__name__: source.table for source in sources}
     context = {**vars(module), **upstream}
     params = schema(params, context=context)
-    definition = "\n".join([*(f"-> {table}" for table in upstream), f"-> {params.__name__}", "---",
-                            *(column.definition() for column in stored)])
-    table = type(class_name, (dj.Computed,), {
-        "__module__": function.__module__,
-        "__doc__": inspect.getdoc(function) or f"Made by {function.__module__}.{function.__name__}.",
-        "definition": definition,
-        "function": staticmethod(function),
-        "params_table": params,
-        "resources": resources,
-        "transient_errors": transient_errors,
-        "make": _make(function, sources, stored),
-    })
-    table = schema(table, context={**context, params.__name__: params})
-    setattr(module, params.__name__, params)
-    setattr(module, class_name, table)
+    context[params.__name__] = params
+    attributes = {"function": staticmethod(function), "params_table": params, "resources": resources,
+                  "transient_errors": transient_errors}
+    if block is not None:
+        grid, per_block, table = blocks.declare(schema, function, class_name, block=block, halo=halo, sources=sources,
+                                                stored=stored, params=params, context=context, attributes=attributes)
+        extra = {grid.__name__: grid, per_block.__name__: per_block}
+    else:
+        definition = "\n".join([*(f"-> {name}" for name in upstream), f"-> {params.__name__}", "---",
+                                *(column.definition() for column in stored)])
+        table = schema(type(class_name, (dj.Computed,), {
+            "__module__": function.__module__,
+            "__doc__": inspect.getdoc(function) or f"Made by {function.__module__}.{function.__name__}.",
+            "definition": definition, "make": _make(function, sources, stored), **attributes}), context=context)
+        extra = {}
+    for name, cls in {params.__name__: params, class_name: table, **extra}.items():
+        setattr(module, name, cls)
     provide(function.__name__, table, _output_fetch(table, stored, function.__name__))
     return table
 
