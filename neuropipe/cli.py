@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=float, help="training time budget (default: 0.5 sample, 2 real data)")
     demo.set_defaults(command=_demo)
 
+    new = commands.add_parser("new", help="write a pipeline module with one step, its test and a notebook")
+    new.add_argument("name", help="the module's name, e.g. mylab (writes mylab.py, test_mylab.py, mylab.ipynb)")
+    new.add_argument("--dir", default=".", help="where to write them (default: here)")
+    new.set_defaults(command=_new)
+
     worker = commands.add_parser("worker", help="populate the pipeline's tables until stopped")
     _add_pipeline_options(worker)
     worker.add_argument("--processes", type=int, default=1,
@@ -145,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
     database.add_argument("action", choices=("start", "stop", "status"))
     database.set_defaults(command=_db)
     return parser
+
+
+def _new(args) -> int:
+    from neuropipe import scaffold
+
+    written = scaffold.write(args.name, Path(args.dir))
+    print("wrote " + ", ".join(str(path) for path in written))
+    print(f"next: python -m pytest {written[1]}   (makes the step against the configured database), "
+          f"then open {written[2].name}")
+    return 0
 
 
 def _demo(args) -> int:

@@ -24,7 +24,7 @@ LAYERS = (
     ("workers and pipelines", ("neuropipe.worker", "neuropipe.pipeline")),
     ("what users call", ("neuropipe.session", "neuropipe.sweeps", "neuropipe.reports", "neuropipe.watch")),
     ("the bundled pipeline", ("schemas",)),
-    ("applications", ("neuropipe.demo", "neuropipe.cli")),
+    ("applications", ("neuropipe.demo", "neuropipe.scaffold", "neuropipe.cli")),
 )
 
 
