@@ -27,6 +27,15 @@ def run_bench(script: str, *arguments: str, timeout: float = 600) -> dict:
 
 
 @BACKENDS
+def test_steps_bench(backend):
+    result = run_bench("bench_steps.py", "--jobs", "30", "--rounds", "1", "--backend", backend)
+    assert result["backend"] == backend and result["step_over_hand_written"] > 0
+    for way in ("hand-written", "step"):
+        (run,) = result["runs"][way]
+        assert run["ms_per_job"] > 0 and run["round_trips_per_job"] > 0
+
+
+@BACKENDS
 def test_overhead_bench(backend):
     with_peers = PEERS.exists() and backend == "postgresql"  # Snakemake and Prefect use no database: once is enough
     peers = () if with_peers else ("--no-peers",)
