@@ -97,7 +97,7 @@ class CentroidMetrics:
     def make(self, key):
         """Match detected to annotated centroids (radius in voxels of the finest axis) and count."""
         spacing = np.asarray(Dataset.voxel_size(key), dtype=float)
-        match = ops.matchcentroids(centroids(self.detections.Cell & key),
+        match = ops.match_centroids(centroids(self.detections.Cell & key),
                                     centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]}),
                                     radius=MetricsParams().fetch_effective(key)["radius"],
                                     voxel_size=spacing / spacing.min())
