@@ -143,7 +143,7 @@ def _declare(schema, function, class_name: str, *, block, halo, resources: dict,
         extra = {}
     for name, cls in {params.__name__: params, class_name: table, **extra}.items():
         setattr(module, name, cls)
-    provide(function.__name__, table, _output_fetch(table, stored, function.__name__))
+    provide(function.__name__, table, _output_fetch(table, stored))
     return table
 
 
@@ -163,8 +163,8 @@ def _make(function, sources, stored):
     return make
 
 
-def _output_fetch(table, stored, name: str):
-    """Return how later steps read this step's output named ``name`` (its one column, or all as a dict)."""
+def _output_fetch(table, stored):
+    """Return how later steps read this step's output: its one column, or all its columns as a dict."""
     if len(stored) == 1 and stored[0].kind == "array":
         return lambda key: outputs.open_output(table, key, stored[0].name)
     if len(stored) == 1:
