@@ -85,8 +85,9 @@ def code_files(module: ModuleType) -> set[Path]:
     while pending:
         current = pending.pop()
         path = getattr(current, "__file__", None)
-        if current.__name__ in seen or not path or (current is not module and _defines_tables(current)):
-            continue
+        if current.__name__ in seen or not path or not Path(path).is_file() or (
+                current is not module and _defines_tables(current)):
+            continue  # no file: a script read from stdin or ``python -c``, a notebook's cells
         seen[current.__name__] = Path(path)
         pending.extend(_referenced_modules(current))
     return set(seen.values())
