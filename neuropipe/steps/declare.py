@@ -153,12 +153,13 @@ def _make(function, sources, stored):
         arguments = [source.fetch(key) for source in sources]
         settings = self.params_table().fetch_params(key)
         found = outputs.values(function(*arguments, **settings), stored, function.__name__)
-        if not outputs.needs_zarr(found, stored):
-            self.insert1({**key, **outputs.row(found, stored)})
+        limit = outputs.stored_limit_bytes()
+        if not outputs.needs_zarr(found, stored, limit):
+            self.insert1({**key, **outputs.row(found, stored, limit)})
             return
         with self.staged_insert1 as staged:
             staged.rec.update(key)
-            staged.rec.update(outputs.row(found, stored, staged))
+            staged.rec.update(outputs.row(found, stored, limit, staged))
 
     return make
 

@@ -17,7 +17,7 @@ A single value is stored under the step's name; a ``TypedDict`` under its keys.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Column:
     name: str
     kind: str  # "array", "scalar" or "json"
     python_type: type
+    in_record: bool = False  # a key of a TypedDict the function returns (else the function's one value)
 
     def definition(self) -> str:
         """Return the attribute line(s) of the table definition."""
@@ -51,7 +52,7 @@ def columns(annotation, name: str, step: str) -> list[Column]:
     """Return the columns a return annotation declares (see the module's table)."""
     hints = _typed_dict_fields(annotation)
     if hints is not None:
-        return [_column(value, key, step) for key, value in hints.items()]
+        return [replace(_column(value, key, step), in_record=True) for key, value in hints.items()]
     return [_column(annotation, name, step)]
 
 
@@ -76,8 +77,11 @@ def _typed_dict_fields(annotation):
 
 def values(result, outputs: list[Column], step: str) -> dict:
     """Return the stored values of ``result`` by column, checked against what the annotation declares."""
-    if len(outputs) == 1 and _typed_dict_fields(type(result)) is None and not _is_mapping_of(result, outputs):
+    if not outputs[0].in_record:
         result = {outputs[0].name: result}
+    elif not isinstance(result, dict):
+        raise TypeError(f"step {step} should return a dict of {', '.join(c.name for c in outputs)}, "
+                        f"got {type(result).__name__}")
     missing = [column.name for column in outputs if column.name not in result]
     if missing:
         raise TypeError(f"step {step} returned no {', '.join(missing)}")
@@ -97,11 +101,6 @@ def values(result, outputs: list[Column], step: str) -> dict:
     return found
 
 
-def _is_mapping_of(result, outputs) -> bool:
-    """Whether ``result`` is a dict keyed by the one column's name (a step returning ``{"f1": ...}``)."""
-    return outputs[0].kind != "json" and isinstance(result, dict) and set(result) == {outputs[0].name}
-
-
 def _scalar(value, column: Column, step: str):
     if isinstance(value, np.generic):
         value = value.item()
@@ -113,9 +112,8 @@ def _scalar(value, column: Column, step: str):
     return value
 
 
-def row(found: dict, outputs: list[Column], staged=None) -> dict:
-    """Return the row attributes for ``found``; arrays over the size limit go into ``staged``'s store as zarr."""
-    limit = stored_limit_bytes()
+def row(found: dict, outputs: list[Column], limit: float, staged=None) -> dict:
+    """Return the row attributes for ``found``; arrays over ``limit`` bytes go into ``staged``'s store as zarr."""
     attributes = {}
     for column in outputs:
         value = found[column.name]
@@ -129,9 +127,8 @@ def row(found: dict, outputs: list[Column], staged=None) -> dict:
     return attributes
 
 
-def needs_zarr(found: dict, outputs: list[Column]) -> bool:
-    """Return whether any array of ``found`` is over the size that is kept as one ``.npy``."""
-    limit = stored_limit_bytes()
+def needs_zarr(found: dict, outputs: list[Column], limit: float) -> bool:
+    """Return whether any array of ``found`` is over ``limit`` bytes (:func:`stored_limit_bytes`)."""
     return any(column.kind == "array" and found[column.name].nbytes > limit for column in outputs)
 
 

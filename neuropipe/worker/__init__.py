@@ -10,6 +10,7 @@ One module a concern:
   complete, fail, hand back (:class:`~neuropipe.worker.jobs.JobQueue`);
 - :mod:`~neuropipe.worker.batch` -- many short jobs in one transaction;
 - :mod:`~neuropipe.worker.holdings` -- who claims (:class:`Identity`) and what this process holds;
+- :mod:`~neuropipe.worker.make` -- calling a table's ``make()`` as DataJoint's ``populate`` does;
 - :mod:`~neuropipe.worker.registry` -- the worker registry, heartbeats, failed attempts, orphans;
 - :mod:`~neuropipe.worker.contact` -- whether the worker's database session is still the one
   its reservations were made in;
