@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import statistics
 import sys
 import time
@@ -27,40 +26,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import toy_pipeline  # noqa: E402
-from overhead import Counter, settings_for  # noqa: E402
+from overhead import Counter, settings_for, toy_schema  # noqa: E402
 
 from neuropipe import steps  # noqa: E402
-from neuropipe.database import connect, import_datajoint  # noqa: E402
-from neuropipe.worker import Worker, WorkerOptions, registry  # noqa: E402
+from neuropipe.worker import Worker, WorkerOptions  # noqa: E402
 
 
 def run(settings, jobs: int, way: str) -> dict:
     """Make ``jobs`` squares the ``way`` asked in fresh schemas; return ms and round trips per job."""
-    dj = import_datajoint()
-    prefix = f"bench_{secrets.token_hex(3)}_"
-    connection = connect(settings)
-    registry.activate(prefix, connection)
-    schema = dj.Schema(prefix + "toy", connection=connection)
-    tables = toy_pipeline.declare(schema)
-    table = tables.Square
-    if way == "step":
-        steps.provide("item", tables.Item, lambda key: key["item"])
+    with toy_schema(settings, jobs) as (schema, tables):
+        table = tables.Square
+        if way == "step":
+            steps.provide("item", tables.Item, lambda key: key["item"])
 
-        def squared(item) -> int:
-            return item * item
+            def squared(item) -> int:
+                return item * item
 
-        table = steps.step(schema, squared)
-    tables.Item.insert([{"item": i} for i in range(jobs + 1) if i != toy_pipeline.UNLUCKY])  # Square fails on it
-    try:
+            table = steps.step(schema, squared)
         with Counter().active() as counter:
             start = time.perf_counter()
             Worker([table], WorkerOptions(max_idle=0)).serve()
             elapsed = time.perf_counter() - start
         assert len(table()) == jobs, "jobs left undone"
-    finally:
-        schema.drop(prompt=False)
-        registry.drop()
     return {"ms_per_job": 1000 * elapsed / jobs, "round_trips_per_job": counter.statements / jobs}
 
 

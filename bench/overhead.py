@@ -125,8 +125,9 @@ def durable_commits(settings: Settings) -> int:
         connection.close()
 
 
-def timed(settings: Settings, jobs: int, run) -> dict:
-    """Declare fresh toy tables, queue ``jobs`` items, time ``run(tables)``; return per-job figures."""
+@contextlib.contextmanager
+def toy_schema(settings: Settings, jobs: int):
+    """Yield ``(schema, tables)``: toy tables in fresh schemas, ``jobs`` items (none unlucky); drop them after."""
     dj = import_datajoint()
     prefix = f"bench_{secrets.token_hex(3)}_"
     connection = connect(settings)
@@ -135,6 +136,15 @@ def timed(settings: Settings, jobs: int, run) -> dict:
     tables = toy_pipeline.declare(schema)
     tables.Item.insert([{"item": i} for i in range(jobs + 1) if i != toy_pipeline.UNLUCKY])
     try:
+        yield schema, tables
+    finally:
+        schema.drop(prompt=False)
+        registry.drop()
+
+
+def timed(settings: Settings, jobs: int, run) -> dict:
+    """Declare fresh toy tables, queue ``jobs`` items, time ``run(tables)``; return per-job figures."""
+    with toy_schema(settings, jobs) as (_, tables):
         time.sleep(1.5)  # PostgreSQL backends publish their statistics after 1 s idle
         before = durable_commits(settings)
         with Counter().active() as counter:
@@ -144,9 +154,6 @@ def timed(settings: Settings, jobs: int, run) -> dict:
         time.sleep(1.5)
         flushes = durable_commits(settings) - before
         assert len(tables.Square()) == jobs, "not every job was done"
-    finally:
-        schema.drop(prompt=False)
-        registry.drop()
     return {"ms_per_job": 1000 * elapsed / jobs, "round_trips_per_job": counter.statements / jobs,
             "durable_commits_per_job": flushes / jobs}
 
