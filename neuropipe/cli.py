@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--dir", default=".", help="where to write them (default: here)")
     new.set_defaults(command=_new)
 
+    cwl = commands.add_parser("cwl", help="CWL tools and workflows as tables (needs the cwl extra)")
+    cwl_commands = cwl.add_subparsers(required=True, metavar="ACTION")
+    cwl_import = cwl_commands.add_parser("import", help="write the pipeline module of a CWL tool or workflow")
+    cwl_import.add_argument("file", help="a CWL v1.0-v1.2 CommandLineTool or Workflow")
+    cwl_import.add_argument("-o", "--output", help="the module to write (default: print it)")
+    cwl_import.add_argument("--schema", help="the schema's name after the prefix (default: the CWL file's name)")
+    cwl_import.set_defaults(command=_cwl_import)
+
     worker = commands.add_parser("worker", help="populate the pipeline's tables until stopped")
     _add_pipeline_options(worker)
     worker.add_argument("--processes", type=int, default=1,
@@ -111,10 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
     record.set_defaults(command=_provenance)
 
-    sweep = commands.add_parser("sweep", help="insert the parameter sets of a SABER-style sweep file")
-    sweep.add_argument("file", help="YAML sweep file (see neuropipe/sweeps/spec.py)")
+    sweep = commands.add_parser("sweep", help="insert the parameter sets of a sweep file (neuropipe's or SABER's)")
+    sweep.add_argument("file", help="YAML sweep file (see docs/sweeps.md)")
     sweep.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
     sweep.add_argument("--dry-run", action="store_true", help="list the parameter sets without inserting them")
+    sweep.add_argument("--sampler", choices=("grid", "random"), help="override the file's sampler")
+    sweep.add_argument("--count", type=int, help="random sampler: how many sets (overrides the file)")
+    sweep.add_argument("--seed", type=int, help="random sampler: the generator's seed (overrides the file)")
     sweep.set_defaults(command=_sweep)
 
     scores = commands.add_parser("scores", help="a table's scores joined with their parameters, best first")
@@ -159,6 +170,21 @@ def _new(args) -> int:
     print("wrote " + ", ".join(str(path) for path in written))
     print(f"next: python -m pytest {written[1]}   (makes the step against the configured database), "
           f"then open {written[2].name}")
+    return 0
+
+
+def _cwl_import(args) -> int:
+    try:
+        from neuropipe.cwl import module
+    except ImportError as error:
+        raise ConfigurationError(f"CWL support needs the cwl extra (pip install 'neuropipe[cwl]'): {error}") from None
+    text = module.module_text(args.file, args.output, args.schema)
+    if not args.output:
+        print(text, end="")
+        return 0
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output}; next: insert the inputs it names, then neuropipe worker --pipeline "
+          f"{Path(args.output).stem}")
     return 0
 
 
@@ -395,7 +421,7 @@ def _sweep(args) -> int:
             document = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError) as error:
         raise ConfigurationError(f"cannot read sweep file {args.file}: {error}") from None
-    plan = sweeps.read_sweeps(document)
+    plan = sweeps.read_sweep_file(document, sampler=args.sampler, count=args.count, seed=args.seed)
     if args.dry_run:
         for sweep in plan:
             for params in sweep.parameter_sets():

@@ -8,6 +8,8 @@ row made from a stale upstream row is stale through it.  Editing a kernel theref
 the hash of every table whose module uses it, and ``neuropipe stale`` finds the rows those
 tables made with the old code.  Library code (numpy, cc3d, torch) is covered by the package
 versions, not hashed; the worker machinery (how jobs run, not what they compute) is not hashed.
+A table whose code lies outside Python (a CWL tool and its script) names those files in a
+class attribute ``source_files``; their content enters the hash too.
 
 Everything here is computed once per process and cached.
 """
@@ -60,9 +62,9 @@ def code_hash(table_class: type) -> str:
     digest = hashlib.md5()
     digest.update(_source_of(getattr(table_class, "function", table_class)).encode())  # a step: its function
     module = sys.modules.get(table_class.__module__)
-    for path in sorted(code_files(module) if module else ()):
+    for path in [*sorted(code_files(module) if module else ()), *map(Path, getattr(table_class, "source_files", ()))]:
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(path.read_bytes() if path.is_file() else b"(missing)")
     return digest.hexdigest()
 
 

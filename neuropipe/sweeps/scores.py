@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 from neuropipe.errors import BadInputError
 from neuropipe.params import ParamSet
@@ -17,23 +18,44 @@ def parameter_tables(modules) -> dict[str, type]:
     return {name: cls for name, cls in table_classes(modules).items() if issubclass(cls, ParamSet)}
 
 
+def step_tables(modules) -> dict[str, type]:
+    """Return the parameter tables of ``modules`` by their own name and by their step's name.
+
+    A step's table (declared by :func:`neuropipe.steps.step`) names its parameter table in
+    its ``params_table`` attribute: ``CellDetect`` gives ``CellDetectParams``.
+    """
+    tables = {}
+    for name, cls in table_classes(modules).items():
+        params = cls if issubclass(cls, ParamSet) else getattr(cls, "params_table", None)
+        if isinstance(params, type) and issubclass(params, ParamSet):
+            tables[name] = params
+    return tables
+
+
+def find_table(name: str, tables: dict[str, type]) -> type:
+    """Return the parameter table ``name`` names in ``tables``, as given or in CamelCase (``cell_detect``)."""
+    camel = "".join(part[:1].upper() + part[1:] for part in re.split("[_-]", str(name)))
+    if name in tables or camel in tables:
+        return tables[name if name in tables else camel]
+    raise BadInputError(f"sweep table {name!r} is neither a parameter table nor a step of the pipeline; "
+                        f"known: {', '.join(sorted(tables)) or 'none'}.")
+
+
 def insert_sweeps(sweeps: list[Sweep], modules) -> list[dict]:
     """Insert every parameter set of ``sweeps`` into its table; nothing else is touched.
 
-    All sets are validated (by the table's rules) before any is inserted.
+    A sweep's ``table`` names a parameter table or a step (:func:`find_table`).  All sets
+    are validated (by the table's rules) before any is inserted.
 
     Returns
     -------
     list of dict
         Per sweep: ``table``, ``sets`` (how many it names), ``new`` (how many were not there yet).
     """
-    tables = parameter_tables(modules)
+    tables = step_tables(modules)
     plans = []
     for sweep in sweeps:
-        if sweep.table not in tables:
-            raise BadInputError(f"sweep table {sweep.table!r} is not a parameter table of the pipeline; "
-                                f"known: {', '.join(sorted(tables)) or 'none'}.")
-        table = tables[sweep.table]
+        table = find_table(sweep.table, tables)
         sets = _unique(sweep.parameter_sets())
         for params in sets:  # raises BadInputError naming the parameter
             _check(table, params)
@@ -43,7 +65,7 @@ def insert_sweeps(sweeps: list[Sweep], modules) -> list[dict]:
         before = len(table())
         for params in sets:
             table.insert_params(params, description=sweep.description)
-        summary.append(dict(table=sweep.table, sets=len(sets), new=len(table()) - before))
+        summary.append(dict(table=table.__name__, sets=len(sets), new=len(table()) - before))
     return summary
 
 

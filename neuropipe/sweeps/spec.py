@@ -1,4 +1,4 @@
-"""Sweep files: which parameter sets to insert, SABER style.
+"""neuropipe's sweep files: which parameter sets to insert.
 
 A sweep file names a parameter table, the parameters every set shares, and how each swept
 parameter varies::
@@ -18,7 +18,8 @@ parameter varies::
 
 Several such blocks may be given as a list under ``sweeps:``.  Inserting a sweep only adds
 parameter sets: the workers then compute the cross product of the parameter sets with
-everything else the schema joins them with.
+everything else the schema joins them with.  SABER's parameter files are read by
+:mod:`~neuropipe.sweeps.saber`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from neuropipe.errors import BadInputError
 
 SAMPLERS = ("grid", "random")
+FIELDS = ("table", "parameters", "base", "sampler", "seed", "count", "description")
 
 
 @dataclass
@@ -76,7 +78,7 @@ def _read_block(block, number: int) -> Sweep:
     where = f"sweep {number}"
     if not isinstance(block, dict):
         raise BadInputError(f"{where}: expected a mapping, got {type(block).__name__}.")
-    unknown = sorted(set(block) - {"table", "parameters", "base", "sampler", "seed", "count", "description"})
+    unknown = sorted(set(block) - set(FIELDS))
     if unknown:
         raise BadInputError(f"{where}: unknown field(s) {', '.join(unknown)}.")
     if not isinstance(block.get("table"), str):
