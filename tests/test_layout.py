@@ -20,7 +20,7 @@ LAYERS = (
     ("pure kernels and parameter checks", ("neuropipe.ops", "neuropipe.params")),
     ("reading and writing volumes", ("neuropipe.io",)),
     ("the database", ("neuropipe.database", "neuropipe.embedded")),
-    ("what tables are made of", ("neuropipe.provenance", "neuropipe.blockwise", "neuropipe.steps")),
+    ("what tables are made of", ("neuropipe.provenance", "neuropipe.blockwise", "neuropipe.steps", "neuropipe.cwl")),
     ("workers and pipelines", ("neuropipe.worker", "neuropipe.pipeline")),
     ("what users call", ("neuropipe.session", "neuropipe.sweeps", "neuropipe.reports", "neuropipe.watch")),
     ("the bundled pipeline", ("schemas",)),

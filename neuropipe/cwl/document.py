@@ -185,7 +185,7 @@ def load(path) -> Workflow:
     kind = type(document).__name__
     if kind == "CommandLineTool":
         step = _tool_step(path.stem.replace("-", "_"), path, document, {}, None)
-        return Workflow(name=step.name, path=path, steps={step.name: step})
+        return Workflow(name=step.name, path=path, steps={step.name: step}, inputs=list(step.files))
     if kind != "Workflow":
         raise CWLError(f"{path.name}: a {kind} cannot run as a table; neuropipe runs CommandLineTools and "
                        f"Workflows of them")
@@ -204,7 +204,19 @@ def validate(path: Path) -> None:
         context, document, uri = fetch_document(str(path), LoadingContext())
         resolve_and_validate_document(context, document, uri)
     except ValidationException as error:
-        raise CWLError(f"{path.name} is not valid CWL:\n{error}") from None
+        raise CWLError(f"{path.name} is not valid CWL:\n{_readable(str(error))}") from None
+
+
+def _readable(message: str) -> str:
+    """Return schema-salad's message one entry per line, each naming its file by name, not by relative path."""
+    entries = []
+    for line in message.splitlines():
+        located = re.match(r"^\S*?([^/\s]+\.cwl:\d+:\d+:)(.*)$", line)
+        if located or not entries:
+            entries.append(" ".join(located.groups()) if located else line.strip())
+        else:
+            entries[-1] += " " + line.strip()
+    return "\n".join(" ".join(entry.split()) for entry in entries)
 
 
 def _parsed(path: Path):
