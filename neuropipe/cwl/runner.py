@@ -93,7 +93,7 @@ def run_step(step: Step, files: dict, settings: dict, scratch: Path) -> Finished
     context = RuntimeContext({"outdir": str(scratch / "out"), "tmp_outdir_prefix": f"{scratch / 'work'}/",
                               "tmpdir_prefix": f"{scratch / 'tmp'}/", "basedir": str(scratch),
                               "use_container": bool(engine), "rm_tmpdir": False, "move_outputs": "move",
-                              **({"docker_exe": engine} if engine else {})})
+                              "podman": engine == "podman"})
     heard = _Heard()
     cwl_logger = _quiet_logger()
     cwl_logger.addHandler(heard)

@@ -4,7 +4,9 @@ A table declares its needs in a class attribute ``resources``, a dict with
 
 - ``gpu`` (bool, default False): the table must run on a GPU; workers without a GPU never
   claim its jobs;
-- ``memory_gb`` (float, default 0): memory one job needs; workers with less never claim it.
+- ``memory_gb`` (float, default 0): memory one job needs; workers with less never claim it;
+- ``cpus`` (int, default 0): cores one job needs (a CWL tool's ``coresMin``); workers on
+  fewer never claim it.
 
 For example::
 
@@ -39,7 +41,7 @@ class Resources:
         needs = getattr(table, "resources", None) or {}
         if needs.get("gpu") and not self.gpus:
             return False
-        return float(needs.get("memory_gb", 0)) <= self.memory_gb
+        return float(needs.get("memory_gb", 0)) <= self.memory_gb and int(needs.get("cpus", 0)) <= self.cpus
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
