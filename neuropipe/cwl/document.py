@@ -21,6 +21,7 @@ the workflow or its steps (declare them on the tools: each tool runs on its own)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -198,13 +199,26 @@ def validate(path: Path) -> None:
     from cwltool.load_tool import fetch_document, resolve_and_validate_document
     from schema_salad.exceptions import ValidationException
 
-    for name in ("cwltool", "salad"):  # their warnings (an unknown hint such as saber) are not ours to print
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        context, document, uri = fetch_document(str(path), LoadingContext())
-        resolve_and_validate_document(context, document, uri)
+        with quiet("cwltool", "salad"):  # their warnings (an unknown hint such as saber) are not ours to print
+            context, document, uri = fetch_document(str(path), LoadingContext())
+            resolve_and_validate_document(context, document, uri)
     except ValidationException as error:
         raise CWLError(f"{path.name} is not valid CWL:\n{_readable(str(error))}") from None
+
+
+@contextlib.contextmanager
+def quiet(*names: str, level: int = logging.ERROR):
+    """Raise the level of the loggers ``names`` to ``level`` while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, previous in zip(loggers, before):
+            logger.setLevel(previous)
 
 
 def _readable(message: str) -> str:

@@ -11,7 +11,6 @@ renaming inputs and outputs does.
 
 from __future__ import annotations
 
-import datetime
 import keyword
 import os
 from pathlib import Path
@@ -75,8 +74,8 @@ def _header(workflow: Workflow, relative: str, schema_name: str, inputs_table) -
     start = (f"a row of {inputs_table} per dataset (its files)" if inputs_table else "a Dataset")
     return f'''"""Tables of the CWL file {workflow.path.name}: one per step ({steps}).
 
-Written by ``neuropipe cwl import`` on {datetime.date.today().isoformat()}.  To run it: insert
-{start}, a parameter set per step where a step has settings without defaults, then run workers
+Written by ``neuropipe cwl import``.  To run it: insert {start},
+a parameter set per step where a step has settings without defaults, then run workers
 (``neuropipe worker --pipeline <this module>``) or ``neuropipe.populate()``.  Each step's
 parameter table is keyed by a hash of its settings, so a sweep is more parameter sets
 (``neuropipe sweep`` takes SABER's parameter files).  Import the CWL again after changing a

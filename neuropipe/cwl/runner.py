@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuropipe.cwl.document import Step
+from neuropipe.cwl.document import Step, quiet
 from neuropipe.errors import NeuropipeError, TransientError
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def run_step(step: Step, files: dict, settings: dict, scratch: Path) -> Finished
     from cwltool.context import RuntimeContext
     from cwltool.executors import SingleJobExecutor
 
+    cwl_logger = _quiet_logger()
     tool, streams = _loaded(step.tool)
     engine = container_engine() if step.container else None
     ran_in = (f"container {step.container} ({engine})" if engine else
@@ -95,7 +96,6 @@ def run_step(step: Step, files: dict, settings: dict, scratch: Path) -> Finished
                               "use_container": bool(engine), "rm_tmpdir": False, "move_outputs": "move",
                               "podman": engine == "podman"})
     heard = _Heard()
-    cwl_logger = _quiet_logger()
     cwl_logger.addHandler(heard)
     try:
         outputs, status = SingleJobExecutor()(tool, job, context, logger=cwl_logger)
@@ -167,20 +167,22 @@ def _loaded(path: Path) -> tuple:
 
     context = LoadingContext()
     context.construct_tool_object = default_make_tool
-    context, document, uri = fetch_document(str(path), context)
-    for stream, name in CAPTURED.items():
-        document.setdefault(stream, name)
-    streams = {stream: str(document[stream]) for stream in CAPTURED}
-    context, uri = resolve_and_validate_document(context, document, uri)
-    return make_tool(uri, context), streams
+    with quiet("cwltool", "salad"):
+        context, document, uri = fetch_document(str(path), context)
+        for stream, name in CAPTURED.items():
+            document.setdefault(stream, name)
+        streams = {stream: str(document[stream]) for stream in CAPTURED}
+        context, uri = resolve_and_validate_document(context, document, uri)
+        return make_tool(uri, context), streams
 
 
 @functools.lru_cache(maxsize=None)
 def _quiet_logger() -> logging.Logger:
-    """Return cwltool's logger, its own console handler removed: its messages reach neuropipe's log once."""
+    """Return cwltool's logger at WARNING, its own console handler removed: its messages reach neuropipe's log once."""
     from cwltool.loghandler import _logger, defaultStreamHandler
 
     _logger.removeHandler(defaultStreamHandler)
+    _logger.setLevel(logging.WARNING)
     return _logger
 
 
