@@ -2,18 +2,21 @@
 
 Every result whose dataset has an :class:`~schemas.volume.AnnotationVolume` is scored:
 membrane maps pixel by pixel (:class:`MembraneMetrics`), detections by one-to-one matching
-of centroids (:class:`DetectionMetrics`).
+of centroids (:class:`DetectionMetrics`).  Both are steps (:func:`neuropipe.steps.step`)
+sharing the options of :class:`MetricsParams`; the annotations they read restrict which
+results are scored rather than being parents of the scores.
 """
+
+from typing import TypedDict
 
 import numpy as np
 
-from neuropipe import ops
+from neuropipe import ops, steps
 from neuropipe.database import import_datajoint
-from neuropipe.io.stored import open_stored
 from neuropipe.params import ParamSet, fraction, positive
-from schemas.detection import CellDetection
-from schemas.membrane import MembraneMap
-from schemas.volume import AnnotationVolume, Dataset, centroids
+from schemas.detection import CellDetection  # noqa: F401 (the tables scored; their modules provide the inputs)
+from schemas.membrane import MembraneMap  # noqa: F401
+from schemas.volume import AnnotationVolume, Dataset  # noqa: F401
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -43,74 +46,44 @@ class MetricsParams(ParamSet, dj.Lookup):
     rules = {"radius": (positive, "a positive distance in voxels"), "threshold": (fraction, "a probability in [0, 1]")}
 
 
-@schema
-class MembraneMetrics(dj.Computed):
-    """A membrane map scored against the annotated membrane (ISBI 2012 conventions)."""
+class MembraneScores(TypedDict):
+    """A membrane map against the annotated membrane: of its voxels (ISBI 2012), then of the cells it separates."""
 
-    definition = """
-    -> MembraneMap
-    -> MetricsParams
-    ---
-    pixel_error : float64                 # fraction of voxels classified wrongly
-    precision : float64                   # of membrane voxels
-    recall : float64
-    f1 : float64
-    adapted_rand_error : float64          # of the cells the map separates, vs the annotated cells
-    """
-
-    @property
-    def key_source(self):
-        """Membrane maps of annotated datasets, under every metrics parameter set."""
-        return (MembraneMap.proj() & AnnotationVolume) * MetricsParams.proj()
-
-    def make(self, key):
-        """Score the probability map against the annotation."""
-        probability = np.asarray(open_stored((MembraneMap & key).fetch1("probability")))
-        membrane, cells = (AnnotationVolume & key).fetch1("membrane", "cells")
-        self.insert1(dict(key, **ops.membrane_map_scores(probability, np.asarray(membrane), cells,
-                                                         threshold=MetricsParams().fetch_effective(key)["threshold"],
-                                                         voxel_size=Dataset.voxel_size(key))))
+    pixel_error: float  # fraction of voxels classified wrongly
+    precision: float  # of membrane voxels
+    recall: float
+    f1: float
+    adapted_rand_error: float  # of the cells the map separates, vs the annotated cells
 
 
-class CentroidMetrics:
-    """Mixin for a table of detected cells matched one-to-one to annotated cells within a radius.
+class CentroidScores(TypedDict):
+    """Detected cells matched one-to-one to annotated cells: the scores and the counts."""
 
-    ``detections`` is the table of detections scored (with a part table ``Cell`` of centroids).
-    """
-
-    detections = None
-    definition_tail = """
-    ---
-    precision : float64
-    recall : float64
-    f1 : float64
-    true_positives : int32
-    false_positives : int32
-    false_negatives : int32
-    """
-
-    @property
-    def key_source(self):
-        """Detections in annotated datasets, under every metrics parameter set."""
-        return (self.detections.proj() & AnnotationVolume) * MetricsParams.proj()
-
-    def make(self, key):
-        """Match detected to annotated centroids (radius in voxels of the finest axis) and count."""
-        spacing = np.asarray(Dataset.voxel_size(key), dtype=float)
-        match = ops.match_centroids(centroids(self.detections.Cell & key),
-                                    centroids(AnnotationVolume.Cell & {"dataset": key["dataset"]}),
-                                    radius=MetricsParams().fetch_effective(key)["radius"],
-                                    voxel_size=spacing / spacing.min())
-        self.insert1(dict(key, precision=match.precision, recall=match.recall, f1=match.f1, true_positives=match.tp,
-                          false_positives=match.fp, false_negatives=match.fn))
+    precision: float
+    recall: float
+    f1: float
+    true_positives: np.int32
+    false_positives: np.int32
+    false_negatives: np.int32
 
 
-@schema
-class DetectionMetrics(CentroidMetrics, dj.Computed):
-    """Detected cells matched one-to-one to annotated cells within a radius."""
+@steps.step(schema, params=MetricsParams)
+def membrane_metrics(probability, annotated_membrane, annotated_labels, voxel_size, *,
+                     threshold: float = 0.5) -> MembraneScores:
+    """Score a membrane map against the annotated membrane and cells (ISBI 2012 conventions)."""
+    return ops.membrane_map_scores(np.asarray(probability), np.asarray(annotated_membrane), annotated_labels,
+                                   threshold=threshold, voxel_size=voxel_size)
 
-    detections = CellDetection
-    definition = """
-    -> CellDetection
-    -> MetricsParams
-    """ + CentroidMetrics.definition_tail
+
+def centroid_scores(detected, annotated, voxel_size, *, radius: float) -> CentroidScores:
+    """Match detected to annotated centroids one-to-one within ``radius`` voxels of the finest axis; count."""
+    spacing = np.asarray(voxel_size, dtype=float)
+    match = ops.match_centroids(detected, annotated, radius=radius, voxel_size=spacing / spacing.min())
+    return CentroidScores(precision=match.precision, recall=match.recall, f1=match.f1, true_positives=match.tp,
+                          false_positives=match.fp, false_negatives=match.fn)
+
+
+@steps.step(schema, params=MetricsParams)
+def detection_metrics(cells, annotated_cells, voxel_size, *, radius: float = 5.0) -> CentroidScores:
+    """Match the detected cells one-to-one to the annotated cells within a radius, and count."""
+    return centroid_scores(cells, annotated_cells, voxel_size, radius=radius)

@@ -14,13 +14,13 @@ Whole volumes are held in memory here (the network is applied tile by tile).
 
 import numpy as np
 
-from neuropipe import ops
+from neuropipe import ops, steps
 from neuropipe.database import import_datajoint, insert_in_parts
 from neuropipe.params import ParamSet, positive
 from schemas.detection import DetectionParams
 from schemas.membrane import TRAINING_RULES, TrainedModels
-from schemas.metrics import CentroidMetrics, MetricsParams  # noqa: F401 (NucleiMetrics's definition names it)
-from schemas.volume import DETECTED_CELL_PART, Annotation, AnnotationVolume, Dataset, Volume, cell_rows
+from schemas.metrics import CentroidScores, MetricsParams, centroid_scores
+from schemas.volume import DETECTED_CELL_PART, Annotation, AnnotationVolume, Dataset, Volume, cell_rows, centroids
 
 dj = import_datajoint()
 schema = dj.Schema()
@@ -112,12 +112,10 @@ class NucleiDetection(dj.Computed):
         insert_in_parts(self.Cell, cell_rows(key, found.centroids, score=found.scores, voxel_count=found.voxel_counts))
 
 
-@schema
-class NucleiMetrics(CentroidMetrics, dj.Computed):
-    """Learned detections matched one-to-one to annotated cells within a radius."""
+steps.provide("nuclei", NucleiDetection, lambda key: centroids(NucleiDetection.Cell & key))  # ZYX, (N, 3)
 
-    detections = NucleiDetection
-    definition = """
-    -> NucleiDetection
-    -> MetricsParams
-    """ + CentroidMetrics.definition_tail
+
+@steps.step(schema, params=MetricsParams)
+def nuclei_metrics(nuclei, annotated_cells, voxel_size, *, radius: float = 5.0) -> CentroidScores:
+    """Match the learned detections one-to-one to the annotated cells within a radius, and count."""
+    return centroid_scores(nuclei, annotated_cells, voxel_size, radius=radius)

@@ -345,3 +345,14 @@ def _bbox_text(box) -> str:
 
 
 steps.provide("image", Volume, Volume.open_image)  # what a step's parameter named image reads
+steps.provide("voxel_size", Dataset, Dataset.voxel_size, parent=False)  # ZYX nanometres, of every volume
+# The annotations say which results are scored, not what they are made from: a step that reads
+# one is made for the keys of annotated datasets, its table no child of AnnotationVolume.
+steps.provide("annotated_membrane", AnnotationVolume, lambda key: _annotated(key, "membrane"), parent=False)
+steps.provide("annotated_labels", AnnotationVolume, lambda key: _annotated(key, "cells"), parent=False)
+steps.provide("annotated_cells", AnnotationVolume, lambda key: centroids(AnnotationVolume.Cell & key), parent=False)
+
+
+def _annotated(key: dict, attribute: str):
+    """Return the annotated ``membrane`` mask or cell labels (``cells``) of ``key``'s dataset, sliced lazily."""
+    return stored.open_stored((AnnotationVolume & key).fetch1(attribute))

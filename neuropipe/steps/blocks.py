@@ -24,20 +24,25 @@ import numpy as np
 from neuropipe.blockwise import tables as blockwise
 from neuropipe.database import import_datajoint
 from neuropipe.errors import ConfigurationError
+from neuropipe.steps.inputs import Restricted
 
 
-def declare(schema, function, class_name: str, *, block, halo, sources, stored, params, context: dict,
-            attributes: dict) -> tuple:
-    """Declare the grid, per-block and assembled tables of a blockwise step; return the three."""
+def declare(schema, function, class_name: str, *, block, halo, sources, parents: tuple, stored, params,
+            fetch_settings, context: dict, attributes: dict) -> tuple:
+    """Declare the grid, per-block and assembled tables of a blockwise step; return the three.
+
+    ``parents`` are the tables the grid depends on and those that restrict its keys
+    (:func:`~neuropipe.steps.inputs.parents`); ``fetch_settings(key)`` the function's settings.
+    """
     dj = import_datajoint()
     block, halo = _shape(block, "block", function), _shape(halo or (0, 0, 0), "halo", function)
     if len(stored) != 1 or stored[0].kind != "array" or not sources:
         raise ConfigurationError(f"step {function.__name__}: a blockwise step reads arrays and returns one "
                                  f"(-> numpy.ndarray)")
-    parents = "\n".join(f"-> {source.table.__name__}" for source in {s.table: s for s in sources}.values())
+    depends, restricted_by = parents
 
-    class Grid(blockwise.BlockGrid, dj.Computed):
-        definition = f"{parents}\n---\n{blockwise.GRID_ATTRIBUTES}"
+    class Grid(Restricted, blockwise.BlockGrid, dj.Computed):
+        definition = "\n".join([*(f"-> {table.__name__}" for table in depends), "---", blockwise.GRID_ATTRIBUTES])
 
         class Block(dj.Part):
             definition = blockwise.BLOCK_DEFINITION
@@ -52,7 +57,8 @@ def declare(schema, function, class_name: str, *, block, halo, sources, stored, 
             return halo
 
     grid = _bind(schema, Grid, f"{class_name}Grid", function, context,
-                 f"The blocks of the volumes {function.__name__} reads, {block} voxels each.")
+                 f"The blocks of the volumes {function.__name__} reads, {block} voxels each.",
+                 {"restricted_by": tuple(restricted_by)})
 
     class PerBlock(blockwise.PerBlock, dj.Computed):
         definition = f"-> {grid.__name__}.Block\n-> {params.__name__}\n---\n{blockwise.PER_BLOCK_ATTRIBUTES}"
@@ -62,7 +68,7 @@ def declare(schema, function, class_name: str, *, block, halo, sources, stored, 
             return [np.asarray(source.fetch(key)[blockwise.slices(box)]) for source in sources]
 
         def compute(self, key, data, block):
-            return np.asarray(function(*data, **params().fetch_params(key))), {}
+            return np.asarray(function(*data, **fetch_settings(key))), {}
 
     PerBlock.grid = grid
     per_block = _bind(schema, PerBlock, f"{class_name}Block", function, {**context, grid.__name__: grid},

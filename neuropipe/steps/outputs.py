@@ -6,12 +6,15 @@ return annotation                          stored as
 ``numpy.ndarray``                          an array in the store: ``.npy`` up to
                                            ``neuropipe.zarr_above_mb``, a chunked zarr array
                                            above (columns ``<name>`` and ``<name>_zarr``)
-``float``, ``int``, ``bool``, ``str``      one column of that type
+``float``, ``int``, ``bool``, ``str``      one column of that type (``float64``, ``int64``, ...)
+``numpy.int32``, ``numpy.float32``, ...    one column of exactly that type (``int32``, ...)
 ``dict``                                   one ``json`` column (small dicts)
 a ``typing.TypedDict``                     one column per key, each as above
 =========================================  ===============================================
 
-A single value is stored under the step's name; a ``TypedDict`` under its keys.
+A single value is stored under the step's name; a ``TypedDict`` under its keys.  A numpy
+scalar type (``int32``, ``int64``, ``float32``, ``float64``, ``bool_``) takes a Python or
+numpy value of its kind: ``3`` for an ``int32`` column, refused where it does not fit.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from neuropipe.database import STORE_NAME
 from neuropipe.errors import ConfigurationError
 from neuropipe.io import stored
 
-SCALARS = {float: "float64", int: "int64", bool: "bool", str: "varchar(1024)"}
+SCALARS = {float: "float64", int: "int64", bool: "bool", str: "varchar(1024)", np.float64: "float64",
+           np.float32: "float32", np.int64: "int64", np.int32: "int32", np.bool_: "bool"}
+PYTHON = {np.float64: float, np.float32: float, np.int64: int, np.int32: int, np.bool_: bool}  # the values they take
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ def _column(annotation, name: str, step: str) -> Column:
         return Column(name, "json", dict)
     raise ConfigurationError(
         f"step {step}: cannot store {getattr(annotation, '__name__', annotation)!r} ({name}); annotate what the "
-        f"function returns as numpy.ndarray, float, int, bool, str, dict or a TypedDict of those")
+        f"function returns as numpy.ndarray, float, int, bool, str, a numpy scalar type (numpy.int32, ...), dict "
+        f"or a TypedDict of those")
 
 
 def _typed_dict_fields(annotation):
@@ -104,11 +110,16 @@ def values(result, outputs: list[Column], step: str) -> dict:
 def _scalar(value, column: Column, step: str):
     if isinstance(value, np.generic):
         value = value.item()
-    wanted = column.python_type
+    wanted = PYTHON.get(column.python_type, column.python_type)
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
-        raise TypeError(f"step {step}: {column.name} should be {wanted.__name__}, got {type(value).__name__}")
+        raise TypeError(f"step {step}: {column.name} should be {column.python_type.__name__}, "
+                        f"got {type(value).__name__}")
+    if wanted is int and column.python_type is not int:
+        limits = np.iinfo(column.python_type)
+        if not limits.min <= value <= limits.max:
+            raise TypeError(f"step {step}: {column.name}={value} does not fit {column.python_type.__name__}")
     return value
 
 
