@@ -157,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
                       '\'{"detection_id": "..."}\'')
     view.set_defaults(command=_view, tables=None)
 
+    dashboard = commands.add_parser("dashboard", help="a live web view of the pipeline: graph, jobs, workers, errors")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1, this machine only)")
+    dashboard.add_argument("--pipeline", action="append", metavar="MODULE", help="pipeline module (default: schemas)")
+    dashboard.add_argument("--read-only", action="store_true", help="no actions at all (no token made or read)")
+    dashboard.set_defaults(command=_dashboard)
+
     database = commands.add_parser("db", help="the embedded PostgreSQL server: start, stop, status")
     database.add_argument("action", choices=("start", "stop", "status"))
     database.set_defaults(command=_db)
@@ -185,6 +193,25 @@ def _cwl_import(args) -> int:
     Path(args.output).write_text(text)
     print(f"wrote {args.output}; next: insert the inputs it names, then neuropipe worker --pipeline "
           f"{Path(args.output).stem}")
+    return 0
+
+
+def _dashboard(args) -> int:
+    import secrets
+
+    import uvicorn
+
+    from neuropipe.dashboard.app import create_app
+
+    token = None
+    if not args.read_only:
+        token = load_settings().dashboard_token
+        if not token:
+            token = secrets.token_urlsafe(24)
+            print(f"dashboard token (shown once; actions ask for it): {token}", flush=True)
+    mode = "read-only" if token is None else "actions need the token"
+    print(f"neuropipe dashboard on http://{args.host}:{args.port}/ ({mode})", flush=True)
+    uvicorn.run(create_app(_modules(args), token=token), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -8,7 +8,8 @@ neuropipe reads its settings in this order, later sources winning:
    (DataJoint 2 no longer reads this file itself, so neuropipe does);
 3. environment variables: ``DJ_HOST``, ``DJ_PORT``, ``DJ_USER``, ``DJ_PASS``, ``DJ_BACKEND``
    (as DataJoint 2 defines them), ``NEUROPIPE_SCHEMA_PREFIX``, ``NEUROPIPE_STORE`` and
-   ``NEUROPIPE_BOSS_HOST``/``_PROTOCOL``/``_TOKEN`` (the Boss API of ``bossdb://`` sources).
+   ``NEUROPIPE_BOSS_HOST``/``_PROTOCOL``/``_TOKEN`` (the Boss API of ``bossdb://`` sources) and
+   ``NEUROPIPE_DASHBOARD_TOKEN`` (what ``neuropipe dashboard`` asks of a request that acts).
 
 An empty or null ``database.host`` means "no server configured": neuropipe then starts its
 embedded PostgreSQL (see :mod:`neuropipe.embedded`).  Keys of the file that neuropipe does
@@ -40,6 +41,7 @@ _ENVIRONMENT = {
     "NEUROPIPE_BOSS_PROTOCOL": "boss_protocol",
     "NEUROPIPE_BOSS_TOKEN": "boss_token",
     "NEUROPIPE_ZARR_ABOVE_MB": "zarr_above_mb",
+    "NEUROPIPE_DASHBOARD_TOKEN": "dashboard_token",
 }
 _FILE_KEYS = {
     "database.host": "host",
@@ -53,6 +55,7 @@ _FILE_KEYS = {
     "boss.protocol": "boss_protocol",
     "boss.token": "boss_token",
     "neuropipe.zarr_above_mb": "zarr_above_mb",
+    "dashboard.token": "dashboard_token",
 }
 
 
@@ -119,6 +122,7 @@ class Settings:
     boss_protocol: str = "https"
     boss_token: str | None = field(default=None, repr=False)
     zarr_above_mb: float = 256.0
+    dashboard_token: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:

@@ -22,7 +22,8 @@ LAYERS = (
     ("the database", ("neuropipe.database", "neuropipe.embedded")),
     ("what tables are made of", ("neuropipe.provenance", "neuropipe.blockwise", "neuropipe.steps", "neuropipe.cwl")),
     ("workers and pipelines", ("neuropipe.worker", "neuropipe.pipeline")),
-    ("what users call", ("neuropipe.session", "neuropipe.sweeps", "neuropipe.reports", "neuropipe.watch")),
+    ("what users call", ("neuropipe.session", "neuropipe.sweeps", "neuropipe.reports", "neuropipe.watch",
+                         "neuropipe.dashboard")),
     ("the bundled pipeline", ("schemas",)),
     ("applications", ("neuropipe.demo", "neuropipe.scaffold", "neuropipe.cli")),
 )

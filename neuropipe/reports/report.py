@@ -71,9 +71,10 @@ def gather(tables, *, port: int = neuroglancer.DEFAULT_PORT, host: str = "127.0.
         resources=collect.resource_summary(records),
         resources_plot=plots.resources(records, colours),
         scores=score_entries,
-        panels=[dict(result=r, plot=images.panel(r, classes), link=_link(served_at, r)) for r in shown[:MAX_PANELS]],
+        panels=[dict(result=r, plot=images.panel(r, classes), link=viewer_link(served_at, r))
+                for r in shown[:MAX_PANELS]],
         panels_left_out=max(0, len(shown) - MAX_PANELS),
-        links=[dict(result=r, layers=_layers(r), link=_link(served_at, r)) for r in results],
+        links=[dict(result=r, layers=layers_of(r), link=viewer_link(served_at, r)) for r in results],
     )
 
 
@@ -81,12 +82,14 @@ def _with_coverage(progress: list[dict], no_record: dict) -> list[dict]:
     return [dict(row, no_record=no_record.get(row["table"], 0)) for row in progress]
 
 
-def _layers(result) -> list[str]:
+def layers_of(result) -> list[str]:
+    """Return the layers a dataset's result has for a viewer: the image, and its map and labels where made."""
     return ["image"] + [name for name in ("probability", "labels") if getattr(result, name) is not None]
 
 
-def _link(served_at: str, result) -> str:
-    return neuroglancer.link(served_at, result.dataset, _layers(result), result.shape, result.voxel_size)
+def viewer_link(served_at: str, result) -> str:
+    """Return the Neuroglancer link of a dataset's result, as ``neuropipe view`` serves it at ``served_at``."""
+    return neuroglancer.link(served_at, result.dataset, layers_of(result), result.shape, result.voxel_size)
 
 
 def _meta(tables, title: str) -> dict:
