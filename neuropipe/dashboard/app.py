@@ -106,6 +106,9 @@ class Views:
         query = request.query_params
         key = {name[2:]: value for name, value in query.items() if name.startswith("k.")}
         page = int(query.get("page", "0")) if query.get("page", "0").isdigit() else 0
+        if data.tier(table) in ("manual", "lookup"):
+            return dict(table=table.__name__, tier=data.tier(table), rows=data.rows_page(table, key=key, page=page),
+                        key=key, query=str(request.url.query), status="", worker="", statuses=())
         found = data.jobs_page(table, status_filter=query.get("status") or None, key=key,
                                worker=query.get("worker") or None, page=page)
         return dict(table=table.__name__, tier=data.tier(table), jobs=found, status=query.get("status", ""),

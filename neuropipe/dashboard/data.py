@@ -116,6 +116,19 @@ def jobs_page(table, *, status_filter: str | None = None, key: dict | None = Non
     return dict(rows=rows, total=total, page=page, pages=max(1, -(-total // per_page)), key_names=jobs.primary_key)
 
 
+def rows_page(table, *, key: dict | None = None, page: int = 0, per_page: int = PAGE_SIZE) -> dict:
+    """Return one page of a Manual or Lookup table's rows (their plain columns), in key order."""
+    instance = table()
+    restriction = {name: value for name, value in (key or {}).items() if name in instance.primary_key and value != ""}
+    query = instance & restriction if restriction else instance
+    plain = [name for name, attribute in instance.heading.attributes.items()
+             if not attribute.in_key and not getattr(attribute, "is_blob", False) and "@" not in str(attribute.type)]
+    total = len(query)
+    rows = query.proj(*plain).to_dicts(order_by=instance.primary_key, limit=per_page, offset=page * per_page)
+    return dict(rows=rows, total=total, page=page, pages=max(1, -(-total // per_page)),
+                key_names=instance.primary_key, columns=plain)
+
+
 def job_detail(table, key: dict) -> dict:
     """Return one job: its row and traceback, every earlier failed attempt, and the row's provenance record.
 
