@@ -29,7 +29,7 @@ CENTRES = [(3, 10, 12), (4, 30, 40), (5, 12, 44), (3, 34, 14), (6, 22, 28)]
 SWEEP = """\
 # SABER parameterization: one metaparameter, fed to the detection step's threshold
 detect_threshold:
-  range: {start: 0.3, stop: 0.9, step: 0.2}
+  range: {start: 0.1, stop: 1.0, step: 0.4}
   parameters:
     abs: threshold
   steps:
@@ -38,12 +38,12 @@ detect_threshold:
 
 
 def spheres(shape=(10, 48, 56), radius=3.0) -> np.ndarray:
-    """A uint8 volume of bright balls on a dim, noisy background (the Boss channel)."""
+    """A uint8 volume of balls of brightness 120 to 200 on a dim, noisy background (the Boss channel)."""
     grid = np.indices(shape).transpose(1, 2, 3, 0)
     image = np.random.default_rng(5).integers(0, 40, size=shape)
-    for centre in CENTRES:
+    for index, centre in enumerate(CENTRES):
         inside = ((grid - np.asarray(centre)) ** 2 * np.array([4, 1, 1])).sum(-1) <= (2 * radius) ** 2
-        image[inside] = 200
+        image[inside] = 120 + 20 * index
     return image.astype(np.uint8)
 
 
@@ -104,7 +104,7 @@ def test_the_workflow_runs_as_tables_swept_by_a_saber_file_with_scores(flow, tmp
     assert main(["sweep", str(sweep), "--pipeline", flow.__name__]) == 0
     thresholds = sorted(flow.CellDetectParams.effective(row["params"])["threshold"]
                         for row in flow.CellDetectParams.to_dicts())
-    assert thresholds == [0.3, 0.5, 0.5, 0.7]  # the tool's default set, and the sweep's three
+    assert thresholds == [0.1, 0.5, 0.5, 0.9]  # the tool's default set, and the sweep's three
 
     running = launch(flow, tmp_path)  # both serving before there is work, so that both take some
     start(flow, "em")
@@ -118,8 +118,11 @@ def test_the_workflow_runs_as_tables_swept_by_a_saber_file_with_scores(flow, tmp
 
     scored = (flow.Score * flow.CellDetectParams).to_dicts()
     assert len(scored) == 4 and all(0.0 <= row["score"] <= 1.0 for row in scored)
+    by_threshold = {flow.CellDetectParams.effective(row["params"])["threshold"]: row["score"] for row in scored}
+    assert by_threshold[0.5] == pytest.approx(1.0)  # every ball, and nothing else
+    assert by_threshold[0.9] == pytest.approx(1 / 3, abs=1e-3)  # only the brightest ball: recall 1/5
+    assert by_threshold[0.1] < 0.5  # the noise joins the balls into a few large objects
     best = max(scored, key=lambda row: row["score"])
-    assert best["score"] == pytest.approx(1.0)  # five balls found at a middle threshold
     assert f"F1: {best['score']:.4f}" in Path(best["report"].full_path).read_text()
     done_by = {row["pid"] for table in (flow.BossPull, flow.CellDetect, flow.Score)
                for row in provenance.of(table).to_dicts()}
