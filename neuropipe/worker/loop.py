@@ -286,6 +286,11 @@ class Worker:
             yield
         finally:
             self._heartbeat.current = ("", None)
+            self._heartbeat.counts = self._counts()
+
+    def _counts(self) -> tuple[int, int]:
+        """Return the jobs this worker made and those that failed, so far."""
+        return sum(t.made for t in self.tally.values()), sum(t.failed for t in self.tally.values())
 
     def _cut_off(self, queue: JobQueue, keys) -> bool:
         """Return whether the connection went with the error being handled: then it is not the jobs' failure.
@@ -347,8 +352,7 @@ class Worker:
             if connection.in_transaction:
                 connection.cancel_transaction()
             self._release_held()
-            done = sum(t.made for t in self.tally.values())
-            failed = sum(t.failed for t in self.tally.values())
+            done, failed = self._counts()
             registry.deregister(self.identity.worker_id, done=done, failed=failed)
         except Exception as error:  # the database may be gone; the others will reclaim our jobs
             logger.warning("could not deregister cleanly: %s", error)

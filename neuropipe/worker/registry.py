@@ -132,6 +132,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="neuropipe-heartbeat", daemon=True)
         self.current: tuple[str, dict | None] = ("", None)
+        self.counts: tuple[int, int] = (0, 0)  # jobs done and failed so far, written with each beat
 
     def start(self) -> None:
         """Start beating."""
@@ -163,15 +164,17 @@ class Heartbeat:
                 failing = False
 
     def beat(self, connection) -> None:
-        """Write one heartbeat: the time, the current job, and 'running' again if marked lost."""
+        """Write one heartbeat: the time, the current job, the counts so far, and 'running' again if marked lost."""
         table, key = self.current
+        done, failed = self.counts
         quote = connection.adapter.quote_identifier
         connection.query(
             f"UPDATE {Worker.full_table_name} SET {quote('heartbeat_time')}=CURRENT_TIMESTAMP(3), "
-            f"{quote('current_table')}=%s, {quote('current_key')}=%s, "
+            f"{quote('current_table')}=%s, {quote('current_key')}=%s, {quote('jobs_done')}=%s, "
+            f"{quote('jobs_failed')}=%s, "
             f"{quote('status')}=CASE WHEN {quote('status')}='lost' THEN 'running' ELSE {quote('status')} END "
             f"WHERE {quote('worker_id')}=%s",
-            args=(table, json.dumps(key, default=str) if key else None, self.worker_id),
+            args=(table, json.dumps(key, default=str) if key else None, done, failed, self.worker_id),
         )
 
 

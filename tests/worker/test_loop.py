@@ -260,6 +260,21 @@ def test_workers_ride_out_a_database_restart(toy, settings, tmp_path, embedded_s
     assert len(toy.Square()) == 40 and not toy.Square().jobs.reserved and not toy.Square().jobs.errors, logs(tmp_path)
 
 
+@SERVERS
+def test_a_running_worker_reports_its_counts_with_each_heartbeat(toy, settings, tmp_path):
+    toy.Item.insert([{"item": i} for i in range(40)])  # item 13 fails, whenever its turn comes
+    worker = worker_process(settings, tmp_path / "worker0.log", "--max-idle", "1", "--batch", "1",
+                            heartbeat=0.5, TOY_DELAY=0.1)
+    try:
+        wait_until(lambda: len(toy.Square()) >= 20, 60, "20 squares")
+        wait_until(lambda: (registry.Worker & {"pid": worker.pid}).fetch1("jobs_done") >= 15, 5,
+                   "the heartbeat's count of jobs done")
+        row = (registry.Worker & {"pid": worker.pid}).fetch1()
+        assert row["status"] == "running" and row["jobs_failed"] in (0, 1) and row["jobs_done"] <= len(toy.Square())
+    finally:
+        assert worker.wait(timeout=60) == 0, logs(tmp_path)
+
+
 def test_status_reports_tables_and_live_workers(pipeline, settings):
     tables = [pipeline.volume.Volume]
     progress = status.table_progress(tables)
