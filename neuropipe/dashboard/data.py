@@ -18,6 +18,8 @@ from neuropipe.worker import registry, status
 #: What a table's node counts, in the order drawn.
 COUNTS = ("done", "pending", "running", "error", "ignored")
 PAGE_SIZE = 50
+EXACT_BELOW = 100_000  # rows counted exactly; above, the server's estimate (a view of progress)
+COUNT_CAP = 10_000  # jobs counted for a page's total; above, "more than"
 TIMELINE_LIMIT = 400  # most recent jobs drawn on the timeline
 
 
@@ -51,15 +53,54 @@ def graph(classes: list) -> dict:
     for cls in classes:  # upstream first: a parent's depth is known
         depth[cls.__name__] = 1 + max((depth.get(parent, 0) for parent in parents[cls.__name__]), default=-1)
     computed = [cls for cls in classes if tier(cls) in ("imported", "computed")]
-    progress = {row["table"]: row for row in status.table_progress(computed)}
     nodes = []
     for cls in classes:
-        counts = progress.get(cls.__name__) or {"done": len(cls()), "pending": 0, "running": 0, "error": 0,
-                                                "ignored": 0}
-        nodes.append(dict(name=cls.__name__, tier=tier(cls), depth=depth[cls.__name__],
-                          **{name: int(counts[name]) for name in COUNTS}, workers=counts.get("workers", [])))
+        done, approximate = row_count(cls)
+        counts = job_counts(cls) if cls in computed else {}
+        nodes.append(dict(name=cls.__name__, tier=tier(cls), depth=depth[cls.__name__], done=done,
+                          approximate=approximate, **{name: counts.get(name, 0) for name in COUNTS[1:]},
+                          workers=counts.get("workers", [])))
     edges = [(parent, child) for child, names in parents.items() for parent in names]
     return dict(nodes=nodes, edges=edges, blocks=status.block_progress(computed))
+
+
+def row_count(table, exact_below: int = EXACT_BELOW) -> tuple[int, bool]:
+    """Return a table's row count and whether it is the server's estimate (for tables of ``exact_below`` rows or more).
+
+    Counting a million rows exactly takes most of a second on a small server, on every refresh;
+    the catalogue's estimate is free and, for a progress view, close enough.
+    """
+    connection = table.connection
+    capped = connection.query(f"SELECT COUNT(*) FROM (SELECT 1 FROM {table.full_table_name} LIMIT {exact_below}) "
+                              f"AS capped").fetchone()[0]
+    if capped < exact_below:
+        return int(capped), False
+    schema, name = _unquoted(table.full_table_name).split(".", 1)
+    if connection.adapter.__class__.__name__.lower().startswith("postgres"):
+        estimate = connection.query("SELECT reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                    "WHERE n.nspname = %s AND c.relname = %s", args=(schema, name)).fetchone()
+    else:
+        estimate = connection.query("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                                    "AND TABLE_NAME = %s", args=(schema, name)).fetchone()
+    return max(int(estimate[0] or 0), exact_below) if estimate else exact_below, True
+
+
+def job_counts(table) -> dict:
+    """Return a table's jobs pending, running, failed and ignored, and who runs them (its status index, no scan)."""
+    jobs = table().jobs
+    if not jobs.is_declared:
+        return {}
+    quote = table.connection.adapter.quote_identifier
+    rows = table.connection.query(
+        f"SELECT {quote('status')}, COUNT(*) FROM {jobs.full_table_name} WHERE {quote('status')} IN "
+        f"('pending', 'reserved', 'error', 'ignore') GROUP BY {quote('status')}").fetchall()
+    found = dict(rows)
+    running = table.connection.query(
+        f"SELECT DISTINCT {quote('host')}, {quote('pid')} FROM {jobs.full_table_name} "
+        f"WHERE {quote('status')} = 'reserved'").fetchall()
+    return dict(pending=int(found.get("pending", 0)), running=int(found.get("reserved", 0)),
+                error=int(found.get("error", 0)), ignored=int(found.get("ignore", 0)),
+                workers=sorted(f"{host}:{pid}" for host, pid in running))
 
 
 def _master_name(full_name: str, by_full_name: dict) -> str | None:
@@ -109,11 +150,21 @@ def jobs_page(table, *, status_filter: str | None = None, key: dict | None = Non
     if worker and ":" in worker:
         host, pid = worker.rsplit(":", 1)
         query = query & {"host": host, "pid": int(pid) if pid.isdigit() else -1}
-    total = len(query)
-    shown = [name for name in jobs.heading.names if name != "error_stack"]
-    rows = query.proj(*[n for n in shown if n not in jobs.primary_key]).to_dicts(
-        order_by=["created_time DESC", *jobs.primary_key], limit=per_page, offset=page * per_page)
-    return dict(rows=rows, total=total, page=page, pages=max(1, -(-total // per_page)), key_names=jobs.primary_key)
+    total, more = capped_count(query)
+    order = [f"{name} DESC" for name in jobs.primary_key]  # the primary key's index: no sort of the whole table
+    keys = query.proj().to_dicts(order_by=order, limit=per_page, offset=page * per_page)
+    shown = [name for name in jobs.heading.names if name not in jobs.primary_key and name != "error_stack"]
+    rows = (jobs & keys).proj(*shown).to_dicts(order_by=order) if keys else []
+    pages = None if more else max(1, -(-total // per_page))
+    return dict(rows=rows, total=total, more=more, page=page, pages=pages, key_names=jobs.primary_key,
+                has_next=len(keys) == per_page and (more or (page + 1) * per_page < total))
+
+
+def capped_count(query, cap: int = COUNT_CAP) -> tuple[int, bool]:
+    """Return how many rows ``query`` has, counting no further than ``cap``, and whether there are more."""
+    sql = query.proj().make_sql()
+    found = query.connection.query(f"SELECT COUNT(*) FROM ({sql} LIMIT {cap + 1}) AS capped").fetchone()[0]
+    return min(int(found), cap), found > cap
 
 
 def rows_page(table, *, key: dict | None = None, page: int = 0, per_page: int = PAGE_SIZE) -> dict:
@@ -123,10 +174,11 @@ def rows_page(table, *, key: dict | None = None, page: int = 0, per_page: int = 
     query = instance & restriction if restriction else instance
     plain = [name for name, attribute in instance.heading.attributes.items()
              if not attribute.in_key and not getattr(attribute, "is_blob", False) and "@" not in str(attribute.type)]
-    total = len(query)
+    total, more = capped_count(query)
     rows = query.proj(*plain).to_dicts(order_by=instance.primary_key, limit=per_page, offset=page * per_page)
-    return dict(rows=rows, total=total, page=page, pages=max(1, -(-total // per_page)),
-                key_names=instance.primary_key, columns=plain)
+    return dict(rows=rows, total=total, more=more, page=page, pages=None if more else max(1, -(-total // per_page)),
+                key_names=instance.primary_key, columns=plain,
+                has_next=len(rows) == per_page and (more or (page + 1) * per_page < total))
 
 
 def job_detail(table, key: dict) -> dict:
@@ -181,17 +233,19 @@ def timeline(tables, limit: int = TIMELINE_LIMIT) -> list[dict]:
     return found[:limit]
 
 
-def costs(tables) -> list[dict]:
-    """Per table: jobs recorded, and the mean and largest duration and peak memory (aggregated on the server)."""
+def costs(tables, recent: int = COUNT_CAP) -> list[dict]:
+    """Per table: the mean and largest duration and peak memory of its ``recent`` latest jobs (on the server)."""
     found = []
     for table in tables:
         sidecar = Sidecar(table)
         if not sidecar.is_declared:
             continue
         quote = table.connection.adapter.quote_identifier
+        duration, memory = quote("duration"), quote("peak_rss_mb")
         row = table.connection.query(
-            f"SELECT COUNT(*), AVG({quote('duration')}), MAX({quote('duration')}), AVG({quote('peak_rss_mb')}), "
-            f"MAX({quote('peak_rss_mb')}) FROM {sidecar.full_table_name}").fetchone()
+            f"SELECT COUNT(*), AVG({duration}), MAX({duration}), AVG({memory}), MAX({memory}) FROM "
+            f"(SELECT {duration}, {memory} FROM {sidecar.full_table_name} ORDER BY {quote('end_time')} DESC "
+            f"LIMIT {int(recent)}) AS latest").fetchone()
         if row[0]:
             found.append(dict(table=table.__name__, jobs=int(row[0]), mean_seconds=float(row[1]),
                               max_seconds=float(row[2]), mean_mb=float(row[3] or 0), max_mb=float(row[4] or 0)))

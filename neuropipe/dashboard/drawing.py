@@ -56,8 +56,9 @@ def _node(node: dict, x: float, y: float) -> str:
             bar.append(f'<rect x="{x + 8 + offset:.1f}" y="{y + 44}" width="{share:.1f}" height="9" fill="{colour}">'
                        f'<title>{node[state]} {state}</title></rect>')
             offset += share
-    counts = " · ".join(f'<tspan class="count-{state}" data-count="{node[state]}">{node[state]} {state}</tspan>'
-                        for state in COLOURS if node[state] or state == "done")
+    about = {"done": "≈" if node.get("approximate") else ""}
+    counts = " · ".join(f'<tspan class="count-{state}" data-count="{node[state]}">{about.get(state, "")}{node[state]} '
+                        f'{state}</tspan>' for state in COLOURS if node[state] or state == "done")
     return (f'<a href="/table/{name}" data-table="{name}"><g class="node {escape(node["tier"])}">'
             f'<rect x="{x}" y="{y}" width="{NODE_W}" height="{NODE_H}" rx="6" fill="{TIER_FILL[node["tier"]]}" '
             f'stroke="#8a96a3" /><text x="{x + 8}" y="{y + 17}" font-weight="bold" font-size="13">{name}'

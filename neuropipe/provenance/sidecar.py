@@ -64,6 +64,7 @@ RECORD_DEFINITION = """
     cpu_seconds        : float64          # process CPU time (all threads) during make()
     peak_rss_mb        : float64          # the worker's peak resident memory during make()
     peak_gpu_mb = null : float64          # torch's peak CUDA memory during make(), where CUDA was used
+    index (end_time)                      # the most recent records first (the dashboard's timeline)
     """
 
 
