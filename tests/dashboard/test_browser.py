@@ -7,8 +7,8 @@ its job is opened (message and traceback shown), a read-only dashboard refuses t
 the acting one retries it with the token once the file exists: the job, queued again at once,
 shows pending until a worker is started again, then done.  A dataset's description and the failed job's message carry
 markup (``<img onerror>``, ``<script>``) that must stay text.  No console error, no dialog, over
-the whole run; screenshots of the graph, a table and the workers are kept in
-``docs/results/dashboard/`` when the test passes.
+the whole run; screenshots of the graph, a table and the workers are saved in the test's folder,
+and copied to ``docs/results/dashboard/`` when ``NEUROPIPE_KEEP_SCREENSHOTS=1`` and the test passes.
 
 Why workers are stopped before the retry: with workers polling every 0.2 s a retried job is
 taken within a fraction of a second, too soon for a page refreshed every 2 s to show it pending.
@@ -259,6 +259,9 @@ def watched(page, problems: list, dialogs: list):
 
 
 def keep_screenshots(shots: dict) -> None:
+    """Copy the screenshots into the documentation, where asked (``NEUROPIPE_KEEP_SCREENSHOTS=1``)."""
+    if os.environ.get("NEUROPIPE_KEEP_SCREENSHOTS") != "1":
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name, path in shots.items():
         shutil.copyfile(path, RESULTS / f"{name}.png")
