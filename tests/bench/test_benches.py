@@ -36,6 +36,13 @@ def test_steps_bench(backend):
 
 
 @BACKENDS
+def test_dashboard_bench(backend):
+    result = run_bench("bench_dashboard.py", "--jobs", "2000", "--small", "500", "--repeat", "1", "--backend", backend)
+    assert result["backend"] == backend and result["jobs"] == 2000 and result["workers"] == 100
+    assert result["views"] and all(view["median_s"] > 0 and view["bytes"] > 0 for view in result["views"].values())
+
+
+@BACKENDS
 def test_overhead_bench(backend):
     with_peers = PEERS.exists() and backend == "postgresql"  # Snakemake and Prefect use no database: once is enough
     peers = () if with_peers else ("--no-peers",)
