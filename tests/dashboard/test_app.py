@@ -148,3 +148,14 @@ def test_workers_and_timeline_show_who_made_what(lab, client):
     assert "<svg" in timeline and "Square" in timeline
     assert [row["table"] for row in data.costs([lab.Square])] == ["Square"]
     assert client.get("/workers").status_code == 200
+
+
+def test_large_counts_are_the_servers_estimate_and_page_totals_are_capped(lab):
+    assert data.row_count(lab.Square) == (19, False)
+    estimate, approximate = data.row_count(lab.Square, exact_below=10)
+    assert approximate and estimate >= 10  # at least what was counted before giving up
+    assert data.capped_count(lab.Square(), cap=5) == (5, True)
+    assert data.capped_count(lab.Square(), cap=50) == (19, False)
+    page = data.jobs_page(lab.Square, per_page=7, page=1)
+    assert len(page["rows"]) == 7 and page["has_next"] and page["total"] == 20 and page["pages"] == 3
+    assert [row["item"] for row in page["rows"]] == list(range(13, 6, -1))  # newest key first
