@@ -2,8 +2,8 @@
 
 Every view reads what it needs on each request (nothing is kept between requests but the
 images of datasets, which change only when their rows do).  The reads stay cheap at scale:
-counts are ``GROUP BY`` queries on the server, lists are paged (``LIMIT``/``OFFSET``) or cut
-to the most recent, and every value from a request reaches SQL through DataJoint's dict
+counts are ``GROUP BY`` queries on an index, capped, or the server's estimate for large
+tables; lists are paged along the primary key's index or cut to the most recent; every value from a request reaches SQL through DataJoint's dict
 restrictions or query arguments, never spliced into the text.
 """
 
@@ -121,7 +121,10 @@ def _unquoted(full_name: str) -> str:
 
 def jobs_page(table, *, status_filter: str | None = None, key: dict | None = None, worker: str | None = None,
               page: int = 0, per_page: int = PAGE_SIZE) -> dict:
-    """Return one page of a table's jobs, newest first, filtered by status, key fields and worker.
+    """Return one page of a table's jobs, latest key first, filtered by status, key fields and worker.
+
+    The page walks the primary key's index (its keys first, then their rows), so a deep page
+    of a million jobs costs a walk of the index, not a sort of the table.
 
     Parameters
     ----------
@@ -137,8 +140,9 @@ def jobs_page(table, *, status_filter: str | None = None, key: dict | None = Non
     Returns
     -------
     dict
-        ``rows`` (the job rows, their traceback left out), ``total``, ``page``, ``pages``,
-        ``key_names``.
+        ``rows`` (the job rows, their traceback left out), ``total`` (counted up to
+        :data:`COUNT_CAP`), ``more`` (whether there are more than that), ``page``, ``pages``
+        (None when not counted to the end), ``has_next``, ``key_names``.
     """
     jobs = table().jobs
     query = jobs
