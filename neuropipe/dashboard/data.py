@@ -3,8 +3,9 @@
 Every view reads what it needs on each request (nothing is kept between requests but the
 images of datasets, which change only when their rows do).  The reads stay cheap at scale:
 counts are ``GROUP BY`` queries on an index, capped, or the server's estimate for large
-tables; lists are paged along the primary key's index or cut to the most recent; every value from a request reaches SQL through DataJoint's dict
-restrictions or query arguments, never spliced into the text.
+tables; lists are paged along the primary key's index or cut to the most recent; every value
+from a request reaches SQL through DataJoint's dict restrictions or query arguments, never
+spliced into the text.
 """
 
 from __future__ import annotations
