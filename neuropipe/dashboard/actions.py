@@ -7,14 +7,11 @@ the same functions as the command line (``neuropipe retry``, ``neuropipe stale -
 
 from __future__ import annotations
 
-import os
-import platform
 from dataclasses import dataclass, field
 
-from neuropipe import __version__
 from neuropipe.errors import BadInputError
 from neuropipe.provenance import stale
-from neuropipe.worker import Identity, JobQueue, status
+from neuropipe.worker import status
 
 ACTIONS = ("retry", "ignore", "requeue-stale")
 
@@ -67,10 +64,7 @@ def plan(action: str, table, tables, key: dict | None = None) -> Plan:
 def apply(planned: Plan) -> int:
     """Do what ``planned`` says; return how many jobs or rows it changed."""
     if planned.action == "retry":
-        failed = (planned.table().jobs.errors & planned.key).proj().to_dicts()
-        count = status.retry([planned.table], key=planned.key or None)
-        _queue_again(planned.table, failed)
-        return count
+        return status.retry([planned.table], key=planned.key or None)
     if planned.action == "ignore":
         jobs = planned.table().jobs
         if len(jobs & planned.key & {"status": "reserved"}):
@@ -79,13 +73,3 @@ def apply(planned: Plan) -> int:
         return 1
     return sum(stale.recompute(planned.stale_rows).values())
 
-
-def _queue_again(table, keys: list) -> None:
-    """Queue retried ``keys`` as pending now, as a worker's next look would.
-
-    ``status.retry`` deletes their error rows; until a worker refreshed the queue the views
-    would show them nowhere (the job page: "not queued"), as if there were nothing to do.
-    """
-    if keys:
-        identity = Identity("dashboard", platform.node(), os.getpid(), f"neuropipe {__version__}")
-        JobQueue(table, identity, provenance=False).refresh([keys])

@@ -6,8 +6,13 @@ Functions here return plain data (lists of dicts); :mod:`neuropipe.cli` renders 
 from __future__ import annotations
 
 import fnmatch
+import os
+import platform
 
+from neuropipe import __version__
 from neuropipe.worker import registry
+from neuropipe.worker.holdings import Identity
+from neuropipe.worker.jobs import JobQueue
 
 STATUSES = ("pending", "reserved", "success", "error", "ignore")
 
@@ -72,9 +77,10 @@ def failed_jobs(tables, *, pattern: str | None = None, tracebacks: bool = False)
 
 
 def retry(tables, *, pattern: str | None = None, key: dict | None = None) -> int:
-    """Send failed jobs back to the queue (all, those of matching tables, or one key).
+    """Send failed jobs back to the queue (all, those of matching tables, or one key), pending at once.
 
-    Their earlier attempts stop counting against the retry limit but stay in the history.
+    Their earlier attempts stop counting against the retry limit but stay in the history.  The
+    keys are queued again now, not at a worker's next look, so every view shows them pending.
 
     Returns
     -------
@@ -85,14 +91,23 @@ def retry(tables, *, pattern: str | None = None, key: dict | None = None) -> int
     for table in _matching(tables, pattern):
         jobs = table().jobs
         failed = jobs.errors & key if key else jobs.errors
+        retried = []
         for job_key in failed.proj().to_dicts():
             history = registry.Failure & {"table_name": table.full_table_name,
                                           "key_hash": registry.key_hash(job_key)}
             for attempt in history.proj().to_dicts():
                 registry.Failure.update1({**attempt, "cleared": True})
             (jobs & job_key).delete_quick()
-            count += 1
+            retried.append(job_key)
+        if retried:
+            JobQueue(table, _requeuer()).refresh([retried])
+        count += len(retried)
     return count
+
+
+def _requeuer() -> Identity:
+    """Return who queues retried jobs: this process, under a worker id of its own."""
+    return Identity("retry", platform.node(), os.getpid(), f"neuropipe {__version__}")
 
 
 def _matching(tables, pattern):

@@ -240,6 +240,7 @@ def test_a_permanent_error_is_recorded_once_and_can_be_retried(toy, settings):
     assert registry.Failure.fetch1("kind") == "permanent"
     assert status.retry([toy.Square], key={"item": toy_pipeline.UNLUCKY}) == 1
     assert not toy.Square().jobs.errors
+    assert (toy.Square().jobs & {"item": toy_pipeline.UNLUCKY}).fetch1("status") == "pending"  # queued at once
     run_worker([toy.Square], max_idle=0)
     again = status.failed_jobs([toy.Square])
     assert len(again) == 1 and again[0]["attempts"] == 1  # the cleared attempt no longer counts
