@@ -57,7 +57,7 @@ def graph(classes: list) -> dict:
     nodes = []
     for cls in classes:
         done, approximate = row_count(cls)
-        counts = job_counts(cls) if cls in computed else {}
+        counts = status.job_counts(cls) if cls in computed else {}
         nodes.append(dict(name=cls.__name__, tier=tier(cls), depth=depth[cls.__name__], done=done,
                           approximate=approximate, **{name: counts.get(name, 0) for name in COUNTS[1:]},
                           workers=counts.get("workers", [])))
@@ -84,24 +84,6 @@ def row_count(table, exact_below: int = EXACT_BELOW) -> tuple[int, bool]:
         estimate = connection.query("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
                                     "AND TABLE_NAME = %s", args=(schema, name)).fetchone()
     return max(int(estimate[0] or 0), exact_below) if estimate else exact_below, True
-
-
-def job_counts(table) -> dict:
-    """Return a table's jobs pending, running, failed and ignored, and who runs them (its status index, no scan)."""
-    jobs = table().jobs
-    if not jobs.is_declared:
-        return {}
-    quote = table.connection.adapter.quote_identifier
-    rows = table.connection.query(
-        f"SELECT {quote('status')}, COUNT(*) FROM {jobs.full_table_name} WHERE {quote('status')} IN "
-        f"('pending', 'reserved', 'error', 'ignore') GROUP BY {quote('status')}").fetchall()
-    found = dict(rows)
-    running = table.connection.query(
-        f"SELECT DISTINCT {quote('host')}, {quote('pid')} FROM {jobs.full_table_name} "
-        f"WHERE {quote('status')} = 'reserved'").fetchall()
-    return dict(pending=int(found.get("pending", 0)), running=int(found.get("reserved", 0)),
-                error=int(found.get("error", 0)), ignored=int(found.get("ignore", 0)),
-                workers=sorted(f"{host}:{pid}" for host, pid in running))
 
 
 def _master_name(full_name: str, by_full_name: dict) -> str | None:
