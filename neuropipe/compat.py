@@ -30,6 +30,8 @@ INTERNALS = (
     ("datajoint.lineage", "ensure_lineage_table"),
     ("datajoint.hash_registry", "get_store_backend"),  # the store backend of a named store
     ("datajoint.storage.StorageBackend", "_full_path"),
+    ("datajoint.storage", "build_object_path"),  # where <object@> and <npy@> values of a key are written
+    ("datajoint.builtin_codecs.npy.NpyRef", "_backend"),  # the backend an <npy@> value is read from
     ("datajoint.user_tables", "UserTable"),
     ("connection", "_conn"),  # the DB-API connection underneath (its identity changes on a reconnect)
     ("connection", "_in_transaction"),
@@ -172,3 +174,45 @@ def store_backend(connection, store: str):
 def full_store_path(backend, path: str) -> str:
     """Return the backend's full path (or URL) of ``path`` within the store."""
     return backend._full_path(path)
+
+
+SCHEMA_ADDRESSED = ("object", "npy")  # codecs whose values are written under the row's key: <object@>, <npy@>
+
+
+def object_folders(table, key: dict) -> list[tuple]:
+    """Return ``(backend, folder)`` of every store folder where ``table``'s row for ``key`` (and its parts') keep values.
+
+    DataJoint writes ``<object@>`` and ``<npy@>`` values under
+    ``{schema_prefix}/{schema}/{table}/{key}/{attribute}_{token}{ext}``; a part table's rows under
+    its master's key folder.  Empty when the tables have no such attribute (or the store
+    partitions its paths, where a key has no one folder).
+    """
+    import datajoint.storage
+
+    folders = []
+    for each in (table, *(part() for part in _parts(table))):
+        stores = {attribute.store for attribute in each.heading.attributes.values()
+                  if attribute.codec is not None and attribute.codec.name in SCHEMA_ADDRESSED}
+        for store in stores:
+            spec = settings_of(table.connection).get_store_spec(store)
+            if spec.get("partition_pattern"):
+                continue
+            path, _ = datajoint.storage.build_object_path(
+                schema=each.database, table=each.table_name, field="x", ext=None,
+                primary_key={name: key[name] for name in table.primary_key}, schema_prefix=spec["schema_prefix"])
+            backend = store_backend(table.connection, store)
+            folders.append((backend, full_store_path(backend, path.rpartition("/")[0])))
+    return folders
+
+
+def npy_location(reference) -> tuple:
+    """Return ``(filesystem, full path)`` of an ``<npy@>`` value (DataJoint's ``NpyRef``)."""
+    backend = reference._backend
+    return backend.fs, backend._full_path(reference.path)
+
+
+def _parts(table) -> list:
+    master = type(table)
+    return [value for value in vars(master).values()
+            if isinstance(value, type) and issubclass(value, user_table_base()) and getattr(value, "master", None)
+            is master]

@@ -8,8 +8,9 @@ neuropipe reads its settings in this order, later sources winning:
    (DataJoint 2 no longer reads this file itself, so neuropipe does);
 3. environment variables: ``DJ_HOST``, ``DJ_PORT``, ``DJ_USER``, ``DJ_PASS``, ``DJ_BACKEND``
    (as DataJoint 2 defines them), ``NEUROPIPE_SCHEMA_PREFIX``, ``NEUROPIPE_STORE`` and
-   ``NEUROPIPE_BOSS_HOST``/``_PROTOCOL``/``_TOKEN`` (the Boss API of ``bossdb://`` sources) and
-   ``NEUROPIPE_DASHBOARD_TOKEN`` (what ``neuropipe dashboard`` asks of a request that acts).
+   ``NEUROPIPE_STORE_ENDPOINT``/``_REGION``/``_ACCESS_KEY``/``_SECRET_KEY``/``_TOKEN`` (an object store; see
+   :mod:`neuropipe.store`), ``NEUROPIPE_BOSS_HOST``/``_PROTOCOL``/``_TOKEN`` (the Boss API of ``bossdb://``
+   sources) and ``NEUROPIPE_DASHBOARD_TOKEN`` (what ``neuropipe dashboard`` asks of a request that acts).
 
 An empty or null ``database.host`` means "no server configured": neuropipe then starts its
 embedded PostgreSQL (see :mod:`neuropipe.embedded`).  Keys of the file that neuropipe does
@@ -37,6 +38,11 @@ _ENVIRONMENT = {
     "DJ_BACKEND": "backend",
     "NEUROPIPE_SCHEMA_PREFIX": "schema_prefix",
     "NEUROPIPE_STORE": "store",
+    "NEUROPIPE_STORE_ENDPOINT": "store_endpoint",
+    "NEUROPIPE_STORE_REGION": "store_region",
+    "NEUROPIPE_STORE_ACCESS_KEY": "store_access_key",
+    "NEUROPIPE_STORE_SECRET_KEY": "store_secret_key",
+    "NEUROPIPE_STORE_TOKEN": "store_token",
     "NEUROPIPE_BOSS_HOST": "boss_host",
     "NEUROPIPE_BOSS_PROTOCOL": "boss_protocol",
     "NEUROPIPE_BOSS_TOKEN": "boss_token",
@@ -51,6 +57,11 @@ _FILE_KEYS = {
     "database.backend": "backend",
     "neuropipe.schema_prefix": "schema_prefix",
     "neuropipe.store": "store",
+    "store.endpoint": "store_endpoint",
+    "store.region": "store_region",
+    "store.access_key": "store_access_key",
+    "store.secret_key": "store_secret_key",
+    "store.token": "store_token",
     "boss.host": "boss_host",
     "boss.protocol": "boss_protocol",
     "boss.token": "boss_token",
@@ -93,8 +104,17 @@ class Settings:
         DataJoint 2 backend.
     schema_prefix : str
         Prefix of every schema the bundled pipeline creates (``neuropipe_volume``, ...).
-    store : Path
-        Directory of the DataJoint store that holds arrays and models.
+    store : Path or str
+        Where arrays and models are kept: a directory (a Path), or an object store URL (a str)
+        ``s3://bucket/prefix`` or ``gs://bucket/prefix`` (:mod:`neuropipe.store`).
+    store_endpoint, store_region : str or None
+        The S3 API's address (e.g. ``http://127.0.0.1:9000`` for MinIO; default AWS's for the
+        region) and region. Unset, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` and
+        ``AWS_REGION``/``AWS_DEFAULT_REGION`` are used, as AWS's own tools do.
+    store_access_key, store_secret_key, store_token : str or None
+        Credentials of the object store (S3 keys; for ``gs://``, a service-account JSON file
+        or ``google_default``). Unset, the provider's own chain is used (``AWS_ACCESS_KEY_ID``,
+        ``~/.aws``, an instance or pod role). Never shown (not in ``repr``, logs or errors).
     source : Path or None
         The configuration file that was read, if any.
     datajoint : dict
@@ -115,7 +135,12 @@ class Settings:
     password: str = ""
     backend: str = "postgresql"
     schema_prefix: str = "neuropipe_"
-    store: Path = field(default_factory=lambda: data_home() / "store")
+    store: Path | str = field(default_factory=lambda: data_home() / "store")
+    store_endpoint: str | None = None
+    store_region: str | None = None
+    store_access_key: str | None = field(default=None, repr=False)
+    store_secret_key: str | None = field(default=None, repr=False)
+    store_token: str | None = field(default=None, repr=False)
     source: Path | None = None
     datajoint: dict = field(default_factory=dict)
     boss_host: str | None = None
@@ -198,8 +223,14 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _resolve_store(value: str, config_file: Path | None) -> Path:
-    store = Path(value).expanduser()
+def _resolve_store(value, config_file: Path | None) -> Path | str:
+    """Return a store directory as an absolute Path (relative to the file that named it), a URL as a str."""
+    text = str(value)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        return text
+    store = Path(text).expanduser()
     if not store.is_absolute() and config_file is not None:
         store = config_file.parent / store
     return store
@@ -225,8 +256,16 @@ def _validated(settings: Settings) -> Settings:
     if not zarr_above_mb >= 0:
         raise ConfigurationError(f"neuropipe.zarr_above_mb / NEUROPIPE_ZARR_ABOVE_MB is {settings.zarr_above_mb!r}; "
                                  "expected a non-negative number of megabytes.")
+    if "://" in str(settings.store):
+        from neuropipe.store import check_url
+
+        check_url(str(settings.store))
     if ":" in (settings.host or ""):
         host, _, host_port = settings.host.rpartition(":")
         return _validated(replace(settings, host=host, port=host_port))
-    return replace(settings, port=port, store=Path(settings.store), password=str(settings.password or ""),
+    return replace(settings, port=port, store=_store_value(settings.store), password=str(settings.password or ""),
                    zarr_above_mb=zarr_above_mb)
+
+
+def _store_value(store) -> Path | str:
+    return store if isinstance(store, str) and "://" in store else Path(store)

@@ -14,6 +14,7 @@ import time
 import uuid
 import warnings
 
+from neuropipe import store
 from neuropipe.config import Settings, load_settings
 from neuropipe.errors import DatabaseUnreachableError
 
@@ -47,11 +48,8 @@ def configure_datajoint(settings: Settings) -> None:
     dj = import_datajoint()
     for key, value in {**_JOB_BOOKKEEPING, **settings.datajoint}.items():
         dj.config[key] = value
-    settings.store.mkdir(parents=True, exist_ok=True)
-    dj.config["stores"] = {
-        "default": STORE_NAME,
-        STORE_NAME: {"protocol": "file", "location": str(settings.store)},
-    }
+    store.prepare(settings)
+    dj.config["stores"] = {"default": STORE_NAME, STORE_NAME: store.datajoint_spec(settings)}
 
 
 def server_address(settings: Settings) -> Settings:

@@ -120,9 +120,14 @@ def settings(request, tmp_path_factory) -> Settings:
     return backend_settings(request.param, store, request).with_overrides(schema_prefix=prefix)
 
 
-@pytest.fixture
-def pipeline(settings):
-    """The bundled pipeline bound to fresh schemas on one backend; dropped afterwards."""
+def _store_environment(settings) -> dict:
+    from s3_server import store_environment
+
+    return store_environment(settings)
+
+
+def bound_pipeline(settings):
+    """Bind the bundled pipeline to fresh schemas of ``settings``; drop them when the generator closes."""
     import schemas
     from neuropipe.database import connect
     from neuropipe.worker import registry
@@ -136,12 +141,48 @@ def pipeline(settings):
 
 
 @pytest.fixture
+def pipeline(settings):
+    """The bundled pipeline bound to fresh schemas on one backend; dropped afterwards."""
+    yield from bound_pipeline(settings)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on 127.0.0.1, for the session (``tests/support/s3_server.py``)."""
+    from s3_server import S3Server, moto_missing
+
+    if reason := moto_missing():
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(settings, s3_server) -> Settings:
+    """Settings of one backend whose store is a fresh prefix of a bucket on the session's S3 server."""
+    from s3_server import ACCESS_KEY, SECRET_KEY
+
+    return settings.with_overrides(store=s3_server.bucket(), store_endpoint=s3_server.endpoint,
+                                   store_region="us-east-1", store_access_key=ACCESS_KEY, store_secret_key=SECRET_KEY)
+
+
+@pytest.fixture
+def s3_pipeline(s3_settings):
+    """The bundled pipeline on fresh schemas, its arrays in the S3 store of :func:`s3_settings`."""
+    yield from bound_pipeline(s3_settings)
+
+
+@pytest.fixture
 def environment(pipeline, settings, monkeypatch):
     """The bound pipeline, with the command line (and worker processes) pointed at the test's server, schemas, store."""
     for variable, value in {"DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
                             "DJ_PASS": "", "DJ_BACKEND": settings.backend,
                             "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-                            "NEUROPIPE_STORE": str(settings.store)}.items():
+                            **_store_environment(settings)}.items():
         monkeypatch.setenv(variable, value)
     return pipeline
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Lowest first.  A module may import modules of its own layer and of the layers below it.
 LAYERS = (
-    ("foundations", ("neuropipe", "neuropipe.errors", "neuropipe.config", "neuropipe.compat")),
+    ("foundations", ("neuropipe", "neuropipe.errors", "neuropipe.config", "neuropipe.store", "neuropipe.compat")),
     ("pure kernels and parameter checks", ("neuropipe.ops", "neuropipe.params")),
     ("reading and writing volumes", ("neuropipe.io",)),
     ("the database", ("neuropipe.database", "neuropipe.embedded")),

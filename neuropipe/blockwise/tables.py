@@ -253,9 +253,11 @@ def output_reference(table, key: dict, name: str = "") -> dict:
     backend = _backend(table)
     path = output_path(table, key, name)
     full = compat.full_store_path(backend, path)
-    files = [f"{root}/{file}" for root, _, names in backend.fs.walk(full) for file in names]
-    return {"path": path, "store": STORE_NAME, "size": sum(backend.fs.size(file) for file in files), "ext": ".zarr",
-            "is_dir": True, "item_count": len(files), "timestamp": datetime.now(timezone.utc).isoformat()}
+    backend.fs.invalidate_cache(full)
+    files = backend.fs.find(full, detail=True)  # one listing, sizes included (no request per chunk)
+    return {"path": path, "store": STORE_NAME, "size": sum(info.get("size", 0) for info in files.values()),
+            "ext": ".zarr", "is_dir": True, "item_count": len(files),
+            "timestamp": datetime.now(timezone.utc).isoformat()}
 
 
 def _backend(table):
@@ -263,32 +265,35 @@ def _backend(table):
 
 
 def _open_or_create(backend, path: str, shape, dtype, chunks):
+    """Open the zarr array at ``path``, creating it first where it is absent, never replacing one.
+
+    Workers race to create it.  On a local store the array is made in a staging folder and
+    renamed into place (one worker's rename wins; the others drop theirs).  An object store
+    has no rename, and needs none: the array is its metadata object, written in one atomic
+    put, identical from every worker; a worker that finds it written in between opens it.
+    """
     import zarr
 
-    from neuropipe.io.stored import _zarr_store, codec_options, write_options
+    from neuropipe.io.stored import _protocols, _zarr_store, codec_options, write_options
 
     chunks = tuple(min(int(size), int(chunk)) for size, chunk in zip(shape, chunks))
-    fsmap = backend.get_fsmap(path)
+    layout = dict(shape=tuple(shape), chunks=chunks, dtype=np.dtype(dtype), fill_value=0, **codec_options(dtype))
     try:
-        return zarr.open_array(store=_zarr_store(fsmap), mode="r+", **write_options())
-    except Exception:  # absent: create it (one worker wins the rename, the others open its array)
+        return zarr.open_array(store=_zarr_store(backend.get_fsmap(path)), mode="r+", **write_options())
+    except Exception:  # absent: create it
         pass
     full = compat.full_store_path(backend, path)
     if "file" in _protocols(backend.fs):
         staging = f"{full}.{uuid.uuid4().hex}.tmp"
         os.makedirs(os.path.dirname(full), exist_ok=True)
-        zarr.open_array(store=_zarr_store(backend.fs.get_mapper(staging)), mode="w", shape=tuple(shape),
-                        chunks=chunks, dtype=np.dtype(dtype), fill_value=0, **codec_options(dtype))
+        zarr.open_array(store=_zarr_store(backend.fs.get_mapper(staging)), mode="w", **layout)
         try:
             os.rename(staging, full)
         except OSError:  # another worker created it first
             backend.fs.rm(staging, recursive=True)
-    else:  # object stores: writing the metadata is one atomic put, identical from every worker
-        zarr.open_array(store=fsmap, mode="a", shape=tuple(shape), chunks=chunks, dtype=np.dtype(dtype),
-                        fill_value=0, **codec_options(dtype))
+    else:
+        try:
+            zarr.open_array(store=backend.get_fsmap(path), mode="a", **layout)
+        except Exception:  # created by another worker in between: opened below
+            pass
     return zarr.open_array(store=_zarr_store(backend.get_fsmap(path)), mode="r+", **write_options())
-
-
-def _protocols(fs) -> tuple:
-    protocol = fs.protocol
-    return protocol if isinstance(protocol, (tuple, list)) else (protocol,)

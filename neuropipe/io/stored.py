@@ -11,6 +11,7 @@ stated in :mod:`~neuropipe.io.zarr_arrays`).
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from itertools import product
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from neuropipe import compat
 from neuropipe.io.zarr_arrays import ZARR_CHUNKS, chunks_within
 
 COPY_BLOCK = (64, 1024, 1024)  # ZYX voxels read from a source at a time (a whole number of chunks)
@@ -102,9 +104,104 @@ def open_stored(value):
         import zarr
 
         return zarr.open_array(store=_zarr_store(value.fsmap), mode="r")
-    if hasattr(value, "load"):  # DataJoint's NpyRef: memory-mapped, so a slice reads only its part
-        return value.load(mmap_mode="r")
+    if hasattr(value, "load"):  # DataJoint's NpyRef: a slice reads only its part
+        fs, path = compat.npy_location(value)
+        if "file" in _protocols(fs):
+            return value.load(mmap_mode="r")
+        return RangedNpy(fs, path)
     return np.asarray(value)
+
+
+class RangedNpy:
+    """A ``.npy`` file in an object store, read by byte ranges: a box reads only the rows it touches.
+
+    DataJoint's own ``NpyRef.load(mmap_mode='r')`` downloads a remote file whole before
+    mapping it.  Here the header is read once (its first kilobytes), and ``array[box]`` asks
+    for one byte range per plane of the leading axes (whole rows of the last axis, so a box
+    narrower than a row reads the row's width), all at once.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        The store's filesystem (``s3fs``, ``gcsfs``).
+    path : str
+        The file's full path in it.
+    """
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path = fs, path
+        head = fs.cat_file(path, start=0, end=4096)
+        stream = io.BytesIO(head)
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        if stream.tell() > len(head) or fortran or dtype.hasobject:
+            raise ValueError(f"{path}: not a C-ordered numeric .npy with a header under 4 kB")
+        self.shape, self.dtype, self.offset = tuple(shape), np.dtype(dtype), stream.tell()
+
+    @property
+    def ndim(self) -> int:
+        """int: Number of axes."""
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[(slice(None),) * self.ndim]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __getitem__(self, index):
+        axes, drop = self._ranges(index)
+        bounds = [(min(axis), max(axis) + 1) if len(axis) else (0, 0) for axis in axes]
+        box = self._read_box(bounds)
+        picked = box[np.ix_(*[np.asarray(axis, dtype=np.intp) - low for axis, (low, _) in zip(axes, bounds)])]
+        return picked[drop]
+
+    def _ranges(self, index) -> tuple[list, tuple]:
+        """Return the positions ``index`` picks on each axis, and the indexing that drops integer-indexed axes."""
+        index = index if isinstance(index, tuple) else (index,)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (self.ndim - len(index) + 1) + index[at + 1:]
+        if len(index) > self.ndim:
+            raise IndexError(f"too many indices for an array of {self.ndim} dimensions")
+        index = index + (slice(None),) * (self.ndim - len(index))
+        axes = []
+        for part, size in zip(index, self.shape):
+            if isinstance(part, slice):
+                axes.append(range(*part.indices(size)))
+                continue
+            position = int(part) + size if int(part) < 0 else int(part)
+            if not 0 <= position < size:
+                raise IndexError(f"index {part} is out of bounds for an axis of size {size}")
+            axes.append(range(position, position + 1))
+        return axes, tuple(slice(None) if isinstance(part, slice) else 0 for part in index)
+
+    def _read_box(self, bounds) -> np.ndarray:
+        """Read the box ``bounds`` (one (start, stop) per axis) with whole rows of the last axis, one range per plane."""
+        shape = [high - low for low, high in bounds]
+        if 0 in shape:
+            return np.empty(shape, self.dtype)
+        itemsize, width = self.dtype.itemsize, self.shape[-1]
+        strides = [int(np.prod(self.shape[axis + 1:])) for axis in range(self.ndim)]  # in items
+        starts, ends = [], []
+        if self.ndim == 1:
+            starts, ends = [self.offset + bounds[0][0] * itemsize], [self.offset + bounds[0][1] * itemsize]
+        else:
+            (row_low, row_high) = bounds[-2]
+            for plane in product(*[range(low, high) for low, high in bounds[:-2]]):
+                first = sum(position * stride for position, stride in zip((*plane, row_low), strides))
+                starts.append(self.offset + first * itemsize)
+                ends.append(self.offset + (first + (row_high - row_low) * width) * itemsize)
+        pieces = self.fs.cat_ranges([self.path] * len(starts), starts, ends)
+        rows = np.frombuffer(b"".join(pieces), self.dtype)
+        if self.ndim == 1:
+            return rows
+        return rows.reshape(shape[:-1] + [width])[..., bounds[-1][0]:bounds[-1][1]]
+
 
 
 def copy_in_blocks(read: Callable, shape, target, *, block=None, progress=None) -> Statistics:
@@ -152,10 +249,13 @@ def statistics(array: np.ndarray) -> Statistics:
                       array.mean(axis=(1, 2), dtype=np.float64), array.std(axis=(1, 2), dtype=np.float64))
 
 
+def _protocols(fs) -> tuple:
+    protocol = fs.protocol
+    return protocol if isinstance(protocol, (tuple, list)) else (protocol,)
+
+
 def _zarr_store(fsmap):
-    protocol = fsmap.fs.protocol
-    local = "file" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
-    if not local:
+    if "file" not in _protocols(fsmap.fs):
         return fsmap
     try:
         from zarr.storage import LocalStore

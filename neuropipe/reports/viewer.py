@@ -1,7 +1,8 @@
 """``neuropipe view``: a dataset's image, membrane probability and cells as Neuroglancer layers over localhost.
 
 The arrays are written once, block by block, as Neuroglancer precomputed layers (raw
-encoding, scale 0 only) into a cache folder under the store, ``<store>/viewer-cache/<prefix>``:
+encoding, scale 0 only) into a cache folder beside a local store, ``<store>/viewer-cache/<prefix>``
+(for an object store, under this machine's data home, :func:`neuropipe.config.data_home`):
 ``<dataset>/image``, ``<dataset>/probability`` and ``<dataset>/labels`` (segmentation).  Each layer
 records what it was made from (``neuropipe.json``: the key and stored path) and is written
 again only when that changes.  A small HTTP server serves the folder with CORS open
@@ -32,6 +33,7 @@ from neuropipe.io.stored import open_stored
 from neuropipe.pipeline import classes_around
 from neuropipe.reports import neuroglancer
 from neuropipe.reports.results import dataset_results
+from neuropipe.store import local_folder
 
 logger = logging.getLogger(__name__)
 WRITE_BLOCK = (64, 512, 512)  # ZYX voxels copied at a time: whole chunks of PRECOMPUTED_CHUNK_XYZ
@@ -40,7 +42,7 @@ STAMP = "neuropipe.json"
 
 def cache_folder(settings) -> Path:
     """Return the viewer's cache folder for ``settings``' store and schema prefix."""
-    return Path(settings.store) / "viewer-cache" / settings.schema_prefix
+    return local_folder(settings, "viewer-cache") / settings.schema_prefix
 
 
 def prepare(dataset: str, tables, cache, *, restriction: dict | None = None):

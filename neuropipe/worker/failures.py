@@ -1,7 +1,7 @@
 """Which failures deserve another try, and when.
 
-Transient failures (a lost database connection, a timeout, CUDA out of memory, a killed
-child process) may succeed on another attempt, so a worker re-queues the job with
+Transient failures (a lost database connection, an unreachable or throttled object store, a
+timeout, CUDA out of memory, a killed child process) may succeed on another attempt, so a worker re-queues the job with
 exponential backoff.  Everything else (bad input, bad parameters, a bug) would fail the same
 way again, so it goes straight to ``error`` with its message.  Raising
 :class:`~neuropipe.errors.TransientError` asks for another attempt.  A table may name further
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
+from neuropipe import store
 from neuropipe.errors import BadInputError, backoff_seconds
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def is_transient(error: BaseException, table=None) -> bool:
         if isinstance(error, BadInputError) or any(text in str(error).lower() for text in PERMANENT_TEXT):
             return False  # bad input is bad however it came about: a timeout it was raised after changes nothing
         if isinstance(error, extra) or any(cls.__name__ in TRANSIENT_NAMES for cls in type(error).__mro__):
+            return True
+        if store.is_transient(error):  # the object store unreachable, throttled or failing
             return True
         if "out of memory" in str(error).lower() and "cuda" in str(error).lower():
             return True
