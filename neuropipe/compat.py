@@ -180,12 +180,13 @@ SCHEMA_ADDRESSED = ("object", "npy")  # codecs whose values are written under th
 
 
 def object_folders(table, key: dict) -> list[tuple]:
-    """Return ``(backend, folder)`` of every store folder where ``table``'s row for ``key`` (and its parts') keep values.
+    """Return ``(backend, folder)`` of each store folder where ``table``'s row for ``key`` (and its parts') keep values.
 
     DataJoint writes ``<object@>`` and ``<npy@>`` values under
-    ``{schema_prefix}/{schema}/{table}/{key}/{attribute}_{token}{ext}``; a part table's rows under
-    its master's key folder.  Empty when the tables have no such attribute (or the store
-    partitions its paths, where a key has no one folder).
+    ``{schema_prefix}/{schema}/{table}/{key}/{attribute}_{token}{ext}``, where ``table`` is the
+    table's name for an insert and its class's name for a staged insert (both are returned);
+    a part table's rows under its master's key folder.  Empty when the tables have no such
+    attribute (or the store partitions its paths, where a key has no one folder).
     """
     import datajoint.storage
 
@@ -197,11 +198,12 @@ def object_folders(table, key: dict) -> list[tuple]:
             spec = settings_of(table.connection).get_store_spec(store)
             if spec.get("partition_pattern"):
                 continue
-            path, _ = datajoint.storage.build_object_path(
-                schema=each.database, table=each.table_name, field="x", ext=None,
-                primary_key={name: key[name] for name in table.primary_key}, schema_prefix=spec["schema_prefix"])
             backend = store_backend(table.connection, store)
-            folders.append((backend, full_store_path(backend, path.rpartition("/")[0])))
+            for folder_name in dict.fromkeys((each.table_name, each.class_name)):
+                path, _ = datajoint.storage.build_object_path(
+                    schema=each.database, table=folder_name, field="x", ext=None,
+                    primary_key={name: key[name] for name in table.primary_key}, schema_prefix=spec["schema_prefix"])
+                folders.append((backend, full_store_path(backend, path.rpartition("/")[0])))
     return folders
 
 

@@ -148,7 +148,7 @@ def pipeline(settings):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3-compatible server on 127.0.0.1, for the session (``tests/support/s3_server.py``)."""
+    """The S3-compatible server of moto on 127.0.0.1, for the session (``tests/support/s3_server.py``)."""
     from s3_server import S3Server, moto_missing
 
     if reason := moto_missing():
@@ -168,6 +168,16 @@ def s3_settings(settings, s3_server) -> Settings:
 
     return settings.with_overrides(store=s3_server.bucket(), store_endpoint=s3_server.endpoint,
                                    store_region="us-east-1", store_access_key=ACCESS_KEY, store_secret_key=SECRET_KEY)
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A proxy to the S3 server that counts what it sends and can cut every connection (``CutProxy``)."""
+    from s3_server import CutProxy
+
+    proxy = CutProxy(s3_server.port)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture

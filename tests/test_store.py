@@ -9,11 +9,11 @@ import pytest
 from neuropipe import demo, store
 from neuropipe.config import load_settings
 from neuropipe.errors import ConfigurationError
-from neuropipe.io.stored import RangedNpy, open_stored
+from neuropipe.io.stored import open_stored
 
-STORE_VARIABLES = ("NEUROPIPE_STORE", "NEUROPIPE_STORE_ENDPOINT", "NEUROPIPE_STORE_REGION", "NEUROPIPE_STORE_ACCESS_KEY",
-                   "NEUROPIPE_STORE_SECRET_KEY", "NEUROPIPE_STORE_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                   "AWS_REGION", "AWS_DEFAULT_REGION", "NEUROPIPE_CONFIG")
+STORE_VARIABLES = ("NEUROPIPE_STORE", "NEUROPIPE_STORE_ENDPOINT", "NEUROPIPE_STORE_REGION",
+                   "NEUROPIPE_STORE_ACCESS_KEY", "NEUROPIPE_STORE_SECRET_KEY", "NEUROPIPE_STORE_TOKEN",
+                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "NEUROPIPE_CONFIG")
 
 
 @pytest.fixture

@@ -181,7 +181,7 @@ class RangedNpy:
         return axes, tuple(slice(None) if isinstance(part, slice) else 0 for part in index)
 
     def _read_box(self, bounds) -> np.ndarray:
-        """Read the box ``bounds`` (one (start, stop) per axis) with whole rows of the last axis, one range per plane."""
+        """Read the box ``bounds`` ((start, stop) per axis) with whole rows of the last axis, one range per plane."""
         shape = [high - low for low, high in bounds]
         if 0 in shape:
             return np.empty(shape, self.dtype)

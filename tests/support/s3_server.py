@@ -64,7 +64,7 @@ class S3Server:
 
 
 class CutProxy:
-    """Forward 127.0.0.1:``port`` to a server's port; :meth:`cut` refuses and resets connections until :meth:`restore`."""
+    """Forward a port to a server's; :meth:`cut` refuses and resets connections until :meth:`restore`."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -72,6 +72,7 @@ class CutProxy:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._open: set = set()
         self._lock = threading.Lock()
+        self.bytes_from_server = 0  # what clients were sent, for tests of how much a read fetches
         self._listener = None
         self.restore()
 
@@ -83,6 +84,11 @@ class CutProxy:
         listener.listen(64)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop forwarding for good."""
+        if self._listener is not None:
+            self.cut()
 
     def cut(self) -> None:
         """Stop listening (new connections are refused) and reset every open one."""
@@ -111,12 +117,15 @@ class CutProxy:
             with self._lock:
                 self._open.update((client, server))
             for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+                threading.Thread(target=self._pump, args=(source, target, source is server), daemon=True).start()
 
-    def _pump(self, source, target) -> None:
+    def _pump(self, source, target, count: bool) -> None:
         try:
             while data := source.recv(1 << 16):
                 target.sendall(data)
+                if count:
+                    with self._lock:
+                        self.bytes_from_server += len(data)
         except OSError:
             pass
         finally:
