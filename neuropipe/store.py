@@ -115,15 +115,6 @@ def prepare(settings) -> None:
     _require("gcsfs", "gs:// stores")
 
 
-def local_folder(settings, name: str) -> Path:
-    """Return a folder for this machine's own files (caches) beside a local store, or in the data home."""
-    if is_remote(settings):
-        from neuropipe.config import data_home
-
-        return data_home() / name
-    return Path(settings.store) / name
-
-
 def _require(module: str, what: str) -> None:
     try:
         __import__(module)

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from neuropipe.config import data_home
 from neuropipe.errors import BadInputError
 from neuropipe.io.precomputed import PRECOMPUTED_CHUNK_XYZ
 from neuropipe.io.stored import open_stored
 from neuropipe.pipeline import classes_around
 from neuropipe.reports import neuroglancer
 from neuropipe.reports.results import dataset_results
-from neuropipe.store import local_folder
+from neuropipe.store import is_remote
 
 logger = logging.getLogger(__name__)
 WRITE_BLOCK = (64, 512, 512)  # ZYX voxels copied at a time: whole chunks of PRECOMPUTED_CHUNK_XYZ
@@ -42,7 +43,8 @@ STAMP = "neuropipe.json"
 
 def cache_folder(settings) -> Path:
     """Return the viewer's cache folder for ``settings``' store and schema prefix."""
-    return local_folder(settings, "viewer-cache") / settings.schema_prefix
+    folder = data_home() if is_remote(settings) else Path(settings.store)  # never in an object store
+    return folder / "viewer-cache" / settings.schema_prefix
 
 
 def prepare(dataset: str, tables, cache, *, restriction: dict | None = None):
