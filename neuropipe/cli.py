@@ -342,9 +342,11 @@ def _status(args) -> int:
             done = f"{row['done']}/{row['total']}"
             print(f"{row['table']:<20}{row['dataset']:<24}{done:>14}{row['running']:>9}{row['error']:>9}")
     workers = status.live_workers()
+    names = {table.full_table_name: table.__name__ for table in tables}  # the current job's table, by class name
     print(f"\n{len(workers)} live worker(s)")
     for worker in workers:
-        job = f"{worker['current_table'].split('.')[-1]} {worker['current_key']}" if worker["current_table"] else "idle"
+        table = worker["current_table"]
+        job = f"{names.get(table, table.split('.')[-1])} {worker['current_key']}" if table else "idle"
         print(f"  {worker['host']}:{worker['pid']} {worker['status']:<8} "
               f"since {worker['started_time']:%Y-%m-%d %H:%M:%S}  heartbeat {worker['heartbeat_age']:.0f} s ago  "
               f"done {worker['jobs_done']} failed {worker['jobs_failed']}  resources {worker['resources']}  now: {job}")

@@ -33,7 +33,8 @@ def toy_schema(settings):
         registry.drop()
 
 
-def worker_process(settings, log_path, *options, tables=("Square",), heartbeat: float = 1.0, **environment):
+def worker_process(settings, log_path, *options, tables=("Square",), heartbeat: float = 1.0, launcher=(),
+                   **environment):
     """Start ``neuropipe worker`` on the toy pipeline in a process of its own.
 
     Parameters
@@ -48,17 +49,25 @@ def worker_process(settings, log_path, *options, tables=("Square",), heartbeat: 
         The toy tables it serves.
     heartbeat : float
         Seconds between heartbeats.
+    launcher : sequence of str
+        A command that runs the worker's command line (its arguments follow), e.g. in
+        namespaces of its own; the process returned is then the launcher's.
     **environment
         Further environment variables (``TOY_DELAY``, ``TOY_STATE``, ...).
     """
-    env = {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
-           "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-           "NEUROPIPE_STORE": str(settings.store), "TOY_SCHEMA": settings.schema_prefix + "toy",
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-           **{name: str(value) for name, value in environment.items()}}
-    command = [sys.executable, "-m", "neuropipe.cli", "worker", "--pipeline", "toy_pipeline",
+    command = [*launcher, sys.executable, "-m", "neuropipe.cli", "worker", "--pipeline", "toy_pipeline",
                *(f"--tables={table}" for table in tables), "--heartbeat", str(heartbeat), "--poll", "0.2", *options]
-    return subprocess.Popen(command, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=toy_environment(settings, **environment), stdout=open(log_path, "ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def toy_environment(settings, **environment) -> dict:
+    """Return the environment of a ``neuropipe`` command on the toy pipeline: ``settings``' server and schemas."""
+    return {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
+            "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
+            "NEUROPIPE_STORE": str(settings.store), "TOY_SCHEMA": settings.schema_prefix + "toy",
+            "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+            **{name: str(value) for name, value in environment.items()}}
 
 
 def wait_until(predicate, timeout, what):
