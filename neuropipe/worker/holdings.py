@@ -8,13 +8,34 @@ them holds (a *stray*) can be told apart and handed back.
 
 from __future__ import annotations
 
+import os
+import platform
 import threading
 from dataclasses import dataclass
+
+INITIAL_PID_NAMESPACE = 4026531836  # the inode of Linux's first pid namespace: the same on every machine
+
+
+def host_name() -> str:
+    """Return this process's host as workers record it: the machine's name, and its pid namespace if its own.
+
+    A pid tells a process apart only among those of one pid namespace.  Containers on one
+    machine that take its host name (``docker run --network host``, a pod with ``hostNetwork``)
+    number their processes apart: without the namespace, a worker would judge another's job by
+    a pid it cannot see.  So a process outside the machine's own pid namespace is
+    ``<name>/pidns<inode>``.
+    """
+    name = platform.node()
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux, or no /proc: pids are the machine's
+        return name
+    return name if namespace == INITIAL_PID_NAMESPACE else f"{name}/pidns{namespace}"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who claims jobs: written into the job table's host, pid and version columns."""
+    """Who claims jobs: written into the job table's host (:func:`host_name`), pid and version columns."""
 
     worker_id: str
     host: str

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import signal
 import threading
 import time
@@ -34,7 +33,8 @@ from neuropipe import __version__
 from neuropipe.database import open_like
 from neuropipe.worker import failures, registry
 from neuropipe.worker.contact import DatabaseContact
-from neuropipe.worker.jobs import Identity, JobQueue
+from neuropipe.worker.holdings import Identity, host_name
+from neuropipe.worker.jobs import JobQueue
 from neuropipe.worker.options import TableTally, WorkerOptions
 from neuropipe.worker.resources import Resources, local_resources, return_free_memory
 
@@ -78,7 +78,7 @@ class Worker:
         self.options = options
         self.progress = progress  # called with the tallies after each job or batch (a notebook's progress line)
         self.resources = resources or local_resources()
-        self.identity = Identity(uuid.uuid4().hex, platform.node(), os.getpid(), f"neuropipe {__version__}")
+        self.identity = Identity(uuid.uuid4().hex, host_name(), os.getpid(), f"neuropipe {__version__}")
         self.tally = {table.__name__: TableTally(table.__name__) for table in self.tables}
         self.stopping = False
         self._signals = 0

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import platform
 
 from neuropipe import __version__
 from neuropipe.worker import registry
-from neuropipe.worker.holdings import Identity
+from neuropipe.worker.holdings import Identity, host_name
 from neuropipe.worker.jobs import JobQueue
 
 STATUSES = ("pending", "reserved", "success", "error", "ignore")
@@ -119,7 +118,7 @@ def retry(tables, *, pattern: str | None = None, key: dict | None = None) -> int
 
 def _requeuer() -> Identity:
     """Return who queues retried jobs: this process, under a worker id of its own."""
-    return Identity("retry", platform.node(), os.getpid(), f"neuropipe {__version__}")
+    return Identity("retry", host_name(), os.getpid(), f"neuropipe {__version__}")
 
 
 def _matching(tables, pattern):

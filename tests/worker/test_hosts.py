@@ -7,6 +7,9 @@ processes.  The network is shared, so its worker reaches the same database serve
 pid may not exist on its host, or be a live process of its own host): only the registry's
 heartbeats can tell.  The tests choose each worker's pid on its host (through
 ``/proc/sys/kernel/ns_last_pid``), so equal pids on different hosts are arranged, not hoped for.
+A worker outside the machine's own pid namespace records its host as ``<name>/pidns<inode>``
+(:func:`neuropipe.worker.holdings.host_name`), so two such "hosts" that share one host name, as
+containers started with ``--network host`` do, are still told apart.
 
 Needs root and ``unshare``; skipped otherwise.
 """
@@ -79,11 +82,12 @@ class HostWorker:
 
     def __init__(self, settings, folder: Path, host: str, pid: int, *options, tables=("Gated",), **environment):
         self.host, self.pid, self.folder = host, pid, folder
-        self.launcher = worker_process(settings, folder / f"worker-{host}.log", *options, tables=tables,
+        self.launcher = worker_process(settings, folder / f"worker-{host}-{pid}.log", *options, tables=tables,
                                        heartbeat=HEARTBEAT, launcher=on_host(host, pid), TOY_STATE=folder,
                                        **environment)
         self.outer_pid = 0
         wait_until(self._found, 30, f"the worker on {host} to start\n{logs(folder)}")
+        self.name = f"{host}/pidns{os.stat(f'/proc/{self.outer_pid}/ns/pid').st_ino}"  # as it records its host
 
     def _found(self) -> bool:
         assert self.launcher.poll() is None, logs(self.folder)
@@ -114,7 +118,7 @@ class HostWorker:
 
     def registered(self) -> dict | None:
         """Return this worker's registry row once it runs."""
-        rows = (registry.Worker & {"host": self.host}).to_dicts()
+        rows = (registry.Worker & {"host": self.name, "pid": self.pid}).to_dicts()
         return rows[0] if rows and rows[0]["status"] == "running" else None
 
     def kill(self) -> None:
@@ -164,7 +168,7 @@ def hold(toy, settings, hosts, folder: Path, host: str, pid: int, item: int) -> 
     worker = hosts(settings, host, pid, "--batch", "1")
     wait_until(lambda: (folder / f"{item}.before-insert.arrived").exists(), 60,
                f"{host} to hold item {item}\n{logs(folder)}")
-    assert job(toy, item)["host"] == host and job(toy, item)["pid"] == pid
+    assert job(toy, item)["host"] == worker.name and job(toy, item)["pid"] == pid
     wait_until(worker.registered, 30, f"{host} to register")
     return worker
 
@@ -209,7 +213,7 @@ def test_workers_on_three_hosts_make_each_key_exactly_once(toy, settings, hosts,
     assert len(makers) >= 2, makers  # the hosts shared the work
     assert not registry.Failure() and "re-queued" not in logs(tmp_path)
     assert sorted(zip(*registry.Worker.to_arrays("host", "pid", "status"))) == [
-        ("hosta", 2, "stopped"), ("hostb", 2, "stopped"), ("hostc", 2, "stopped")]
+        (worker.name, 2, "stopped") for worker in workers]
 
 
 @SERVERS
@@ -223,19 +227,19 @@ def test_a_worker_killed_on_another_host_loses_its_job_after_two_silent_heartbea
     b.kill()
     returned = wait_until(lambda: job(toy, 2)["status"] != "reserved", 2 * HEARTBEAT + SLACK + 5,
                           f"hostb's job to return\n{logs(tmp_path)}")
-    rescued, last_beat = job(toy, 2), (registry.Worker & {"host": "hostb"}).fetch1("heartbeat_time")
+    rescued, last_beat = job(toy, 2), (registry.Worker & {"host": b.name}).fetch1("heartbeat_time")
     silent = (rescued["scheduled_time"] - last_beat).total_seconds()  # its requeue's server time, after B's last beat
     print(f"\n{settings.backend}: heartbeat {HEARTBEAT} s; hostb's job back {returned - killed:.2f} s after SIGKILL, "
           f"{silent:.2f} s after its last heartbeat")
-    assert rescued["status"] == "pending" and rescued["error_message"] == "re-queued: its worker hostb:300 stopped"
+    assert rescued["status"] == "pending" and rescued["error_message"] == f"re-queued: its worker {b.name}:300 stopped"
     assert silent >= 2 * HEARTBEAT, "re-queued before its worker's heartbeats went silent"
     assert returned - killed <= 2 * HEARTBEAT + SLACK
-    assert job(toy, 1)["status"] == "reserved" and job(toy, 1)["host"] == "hosta"
+    assert job(toy, 1)["status"] == "reserved" and job(toy, 1)["host"] == a.name
     for item in (1, 2):
         (tmp_path / f"{item}.open").touch()
     wait_until(lambda: len(toy.Gated()) == 2, 30, f"both jobs done\n{logs(tmp_path)}")
     assert attempts(tmp_path, 1) == [2] and attempts(tmp_path, 2) == [300, 2]
-    assert job(toy, 2)["host"] == "hosta" and (registry.Worker & {"host": "hostb"}).fetch1("status") == "lost"
+    assert job(toy, 2)["host"] == a.name and (registry.Worker & {"host": b.name}).fetch1("status") == "lost"
     assert a.stop() == 0, logs(tmp_path)
 
 
@@ -245,11 +249,12 @@ def test_a_live_worker_keeps_its_job_when_a_dead_one_on_another_host_had_its_pid
     a = hold(toy, settings, hosts, tmp_path, "hosta", 2, item=1)
     b = hold(toy, settings, hosts, tmp_path, "hostb", 2, item=2)
     assert a.namespace_pids(a.outer_pid)[-1] == b.namespace_pids(b.outer_pid)[-1] == 2 != a.outer_pid
-    assert sorted(zip(*registry.Worker.to_arrays("host", "pid"))) == [("hosta", 2), ("hostb", 2)]
+    assert sorted(zip(*registry.Worker.to_arrays("host", "pid"))) == [(a.name, 2), (b.name, 2)]
     shown = neuropipe_status(settings)
-    assert re.search(r"^Gated .* hosta:2 hostb:2$", shown, re.M), shown
-    for host, item in (("hosta", 1), ("hostb", 2)):
-        assert re.search(rf"^  {host}:2 running .* now: Gated {{'item': {item}}}$", shown, re.M), shown
+    assert re.search(rf"^Gated .* {re.escape(a.name)}:2 {re.escape(b.name)}:2$", shown, re.M), shown
+    for worker, item in ((a, 1), (b, 2)):
+        line = rf"^  {re.escape(worker.name)}:2 running .* now: Gated {{'item': {item}}}$"
+        assert re.search(line, shown, re.M), shown
     held = job(toy, 1)
     b.kill()
 
@@ -262,10 +267,31 @@ def test_a_live_worker_keeps_its_job_when_a_dead_one_on_another_host_had_its_pid
     assert job(toy, 1) == held and a.registered()
     shown = neuropipe_status(settings)
     print(f"\n{settings.backend}: neuropipe status after hostb's worker was killed:\n{shown}")
-    assert re.search(r"^  hosta:2 running ", shown, re.M) and re.search(r"^  hostb:2 lost ", shown, re.M), shown
+    assert re.search(rf"^  {re.escape(a.name)}:2 running ", shown, re.M), shown
+    assert re.search(rf"^  {re.escape(b.name)}:2 lost ", shown, re.M), shown
     for item in (1, 2):
         (tmp_path / f"{item}.open").touch()
     wait_until(lambda: len(toy.Gated()) == 2, 30, f"both jobs done\n{logs(tmp_path)}")
     assert attempts(tmp_path, 1) == [2]  # hosta's make() was never interrupted nor repeated
-    assert job(toy, 1)["host"] == job(toy, 2)["host"] == "hosta"
+    assert job(toy, 1)["host"] == job(toy, 2)["host"] == a.name
     assert "re-queued: its worker hosta" not in logs(tmp_path) and a.stop() == 0, logs(tmp_path)
+
+
+@SERVERS
+def test_workers_sharing_a_host_name_in_pid_namespaces_of_their_own_keep_their_jobs(toy, settings, hosts, tmp_path):
+    """As containers started with ``--network host`` do: one host name, two pid numberings.
+
+    A's pid 2 and B's pid 300 each exist only in their own namespace; with the host name
+    alone, each would find the other's pid gone and take its job.
+    """
+    a = hold(toy, settings, hosts, tmp_path, "shared", 2, item=1)
+    b = hold(toy, settings, hosts, tmp_path, "shared", 300, item=2)
+    assert not a.sees(300) and not b.sees(2) and a.name != b.name and a.name.startswith("shared/pidns")
+    held = {item: job(toy, item) for item in (1, 2)}
+    time.sleep(3 * HEARTBEAT + 1)  # sweeps of both
+    assert {item: job(toy, item) for item in (1, 2)} == held and a.registered() and b.registered()
+    for item in (1, 2):
+        (tmp_path / f"{item}.open").touch()
+    wait_until(lambda: len(toy.Gated()) == 2, 30, f"both jobs done\n{logs(tmp_path)}")
+    assert attempts(tmp_path, 1) == [2] and attempts(tmp_path, 2) == [300]  # neither make() was repeated
+    assert "re-queued" not in logs(tmp_path) and a.stop() == 0 and b.stop() == 0, logs(tmp_path)
