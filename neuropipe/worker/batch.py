@@ -169,7 +169,7 @@ class Batches:
         return outcome
 
     def _lock_pending(self, count: int) -> list[dict]:
-        """Within the transaction: lock up to ``count`` due pending jobs and reserve them for this worker."""
+        """Within a transaction (a batch's, or a claim's own): lock up to ``count`` due pending jobs, reserve them."""
         if self._postgres:
             cursor = self.connection.query(self._reserve_next_sql(count), args=self._reservation_args, as_dict=True)
             return [dict(key) for key in cursor.fetchall()]

@@ -5,7 +5,8 @@ and keeps every state in that table so what DataJoint users already query shows 
 
 - ``refresh`` queues new keys in one bulk insert (and re-queues finished keys whose rows
   were deleted);
-- ``claim`` reserves one or several pending keys in one atomic conditional UPDATE;
+- ``claim`` reserves one or several pending keys in a short transaction of its own, passing
+  by the jobs other workers are taking;
 - ``run`` calls ``make()`` and marks the job done *in the same transaction*, so a job is
   never done without its rows nor its rows without the job done (with the claim, two
   commits per job where DataJoint's populate makes four), and a worker that lost its
@@ -31,7 +32,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import random
 import time
 import traceback
 
@@ -124,23 +124,15 @@ class JobQueue(Batches):
     def claim(self, count: int = 1) -> list[dict]:
         """Reserve up to ``count`` pending jobs for this worker, atomically, visible as ``reserved``.
 
-        Several workers may race for the same keys; each key goes to exactly one of them.  On
-        PostgreSQL one ``UPDATE ... RETURNING`` over the jobs a locking read picks (skipping
-        those another worker is taking), committed without waiting for the disk: a claim
-        lost with a crashed server is only a job pending again.  On MySQL a plain read of a
-        few candidates, then a conditional UPDATE.
+        Several workers may race for the same keys; each key goes to exactly one of them.  A
+        short transaction of its own takes the next due pending jobs with a locking read that
+        skips those another worker is taking (a claim in progress, or a batch whose
+        transaction is open), reserves them and commits: a claim never waits for another
+        worker's jobs.  On PostgreSQL in one ``UPDATE ... RETURNING``, committed without
+        waiting for the disk (a claim lost with a crashed server is only a job pending again).
         """
-        if self._postgres:
-            with HOLDINGS.lock:
-                claimed = self._reserve_next(count)
-                HOLDINGS.add(self.table.full_table_name, claimed)
-            return claimed
-        candidates = self.connection.query(self._next_pending_sql(4 * count), as_dict=True).fetchall()
-        if not candidates:
-            return []
-        candidates = random.sample([dict(key) for key in candidates], min(count, len(candidates)))
         with HOLDINGS.lock:
-            claimed = self._reserve(candidates)
+            claimed = self._reserve_next(count)
             HOLDINGS.add(self.table.full_table_name, claimed)
         return claimed
 
@@ -152,12 +144,17 @@ class JobQueue(Batches):
                 f"LIMIT {int(count)}" + (" FOR UPDATE SKIP LOCKED" if lock else ""))
 
     def _reserve_next(self, count: int) -> list[dict]:
-        """PostgreSQL: reserve the next ``count`` due pending jobs in one statement and one asynchronous commit."""
+        """Reserve the next ``count`` due pending jobs, passing by locked ones, in a transaction of their own."""
         try:
-            statement = "BEGIN; SET LOCAL synchronous_commit TO OFF; " + self._reserve_next_sql(count)
-            cursor = self.connection.query(statement, args=self._reservation_args, as_dict=True)
-            claimed = [dict(key) for key in cursor.fetchall()]
-            self.connection.query("COMMIT")
+            if self._postgres:
+                statement = "BEGIN; SET LOCAL synchronous_commit TO OFF; " + self._reserve_next_sql(count)
+                cursor = self.connection.query(statement, args=self._reservation_args, as_dict=True)
+                claimed = [dict(key) for key in cursor.fetchall()]
+                self.connection.query("COMMIT")
+            else:
+                self._begin()
+                claimed = self._lock_pending(count)
+                self.connection.commit_transaction()
         except BaseException:
             self._rollback()
             raise
@@ -278,8 +275,9 @@ class JobQueue(Batches):
     def _begin(self) -> None:
         """Start a transaction in one round trip (DataJoint's own first pings the server).
 
-        On MySQL the batch reads committed data: its locking read then locks only the jobs
-        it takes, not the gaps between them (which would hold up other workers' queueing).
+        On MySQL the transaction reads committed data: the locking read of a claim or a
+        batch then locks only the jobs it takes, not the gaps between them (which would hold
+        up other workers' queueing, and set two claims waiting on each other's gaps).
         """
         if not self._postgres:
             self.connection.query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")

@@ -249,6 +249,67 @@ def test_claim_passes_over_a_job_scheduled_in_the_future(toy):
     assert queue.claim(5) == [] and job(queue, {"item": 1})["status"] == "pending"
 
 
+def bound_to(toy, connection):
+    """Return the toy tables bound to ``connection``: what another worker's session works on."""
+    return toy_pipeline.declare(dj.Schema(toy.Item.database, connection=connection))
+
+
+def fail_lock_waits(connection, seconds: int = 5) -> None:
+    """Make ``connection``'s statements fail after ``seconds`` waiting for a lock, rather than wait on."""
+    if "postgres" in type(connection.adapter).__name__.lower():
+        connection.query(f"SET lock_timeout = '{int(seconds)}s'")
+    else:
+        connection.query(f"SET SESSION innodb_lock_wait_timeout = {int(seconds)}")
+
+
+def test_a_claim_passes_by_the_jobs_of_another_workers_open_batch(toy, observer):
+    """While a batch's transaction holds its jobs, another worker's claims take the others at once and commit."""
+    keys = add_items(toy, range(8))
+    batcher = queue_for(toy.Square)
+    batcher.refresh()
+    other = queue_for(bound_to(toy, observer).Square, pid=4_000_011, host=ELSEWHERE, provenance_on=False)
+    fail_lock_waits(observer)  # a claim that waited for the batch's locks would fail here, not hang
+    claims, seen = [], []
+
+    def keep_going():  # before the batch's first job: its jobs are locked and reserved, uncommitted
+        if not claims:
+            claims.extend([other.claim(1), other.claim(10), other.claim(1)])
+            seen.extend((batcher.jobs & key).fetch1("status", "pid") for claimed in claims for key in claimed)
+        return True
+
+    outcome = batcher.run_batch(4, keep_going)
+    first, rest, after = claims
+    batch = by_item(outcome.done)
+    assert len(batch) == 4 and len(first) == 1 and after == []
+    assert by_item(first + rest) == [key for key in keys if key not in batch]
+    assert seen == [("reserved", other.identity.pid)] * 4, "the claims were not committed while the batch was open"
+    assert_done(batcher, batch, kept=True)
+    for key in first + rest:
+        assert_reserved_by(other, key)
+
+
+def test_a_batch_passes_by_the_jobs_of_another_workers_open_batch(toy, observer):
+    """Two batches at once, on two sessions: each makes jobs the other does not hold, and every key once."""
+    keys = add_items(toy, range(8))
+    batcher = queue_for(toy.Square)
+    batcher.refresh()
+    other = queue_for(bound_to(toy, observer).Square, pid=4_000_012, host=ELSEWHERE, provenance_on=False)
+    fail_lock_waits(observer)
+    inner = []
+
+    def keep_going():
+        if not inner:
+            inner.append(other.run_batch(8))
+        return True
+
+    outcome = batcher.run_batch(4, keep_going)
+    [theirs] = inner
+    assert len(outcome.done) == 4 and len(theirs.done) == 4
+    assert by_item(outcome.done + theirs.done) == keys
+    assert sorted(int(item) for item in toy.Square.to_arrays("item")) == list(range(8))
+    assert set(statuses(batcher).values()) == {"success"}
+
+
 CLAIMER = """
 import json, os, sys, time
 from pathlib import Path
