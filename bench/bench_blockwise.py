@@ -29,6 +29,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import secrets
@@ -107,10 +108,75 @@ def write_source(path: Path, shape, tile=(32, 256, 256), distinct: int = 8) -> N
 
 def worker_env(settings: Settings, count: int) -> dict:
     """Return the environment of a bench worker: the bench's schema and store, threads as ``--processes`` sets."""
+    store = {name: str(value) for name, value in (("NEUROPIPE_STORE_ENDPOINT", settings.store_endpoint),
+                                                 ("NEUROPIPE_STORE_REGION", settings.store_region),
+                                                 ("NEUROPIPE_STORE_ACCESS_KEY", settings.store_access_key),
+                                                 ("NEUROPIPE_STORE_SECRET_KEY", settings.store_secret_key)) if value}
     return {**os.environ, "DJ_HOST": settings.host, "DJ_PORT": str(settings.port), "DJ_USER": settings.user,
             "DJ_PASS": "", "DJ_BACKEND": settings.backend, "NEUROPIPE_SCHEMA_PREFIX": settings.schema_prefix,
-            "NEUROPIPE_STORE": str(settings.store), "NEUROPIPE_ZARR_ABOVE_MB": "16",
+            "NEUROPIPE_STORE": str(settings.store), **store, "NEUROPIPE_ZARR_ABOVE_MB": "16",
             "OMP_NUM_THREADS": str(cpu_share(count))}
+
+
+def object_store(url: str, folder: Path) -> tuple[str, dict]:
+    """Return the object store to compare with the file store, and its settings.
+
+    ``url`` ``moto``: start moto's S3 server on a free local port (``pip install 'moto[server]'``)
+    and use a bucket of it; else an ``s3://``/``gs://`` URL, reached as ``NEUROPIPE_STORE_*``
+    (or AWS's variables) say.
+    """
+    names = {"store_endpoint": "NEUROPIPE_STORE_ENDPOINT", "store_region": "NEUROPIPE_STORE_REGION",
+             "store_access_key": "NEUROPIPE_STORE_ACCESS_KEY", "store_secret_key": "NEUROPIPE_STORE_SECRET_KEY"}
+    if url != "moto":
+        return url, {name: os.environ.get(variable) for name, variable in names.items()}
+    import socket
+
+    import s3fs
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=open(folder / "moto.log", "wb"), stderr=subprocess.STDOUT)
+    atexit.register(server.terminate)
+    options = {"store_endpoint": f"http://127.0.0.1:{port}", "store_region": "us-east-1",
+               "store_access_key": "bench", "store_secret_key": "bench-secret"}
+    filesystem = s3fs.S3FileSystem(key="bench", secret="bench-secret",
+                                   client_kwargs={"endpoint_url": options["store_endpoint"]})
+    for _ in range(100):
+        try:
+            filesystem.mkdir("neuropipe-bench")
+            break
+        except Exception:  # the server is still starting
+            time.sleep(0.1)
+    return f"s3://neuropipe-bench/{secrets.token_hex(3)}", options
+
+
+def store_throughput(settings: Settings, folder: Path, source: str, model, block, methods, log: Path) -> dict:
+    """Run the blockwise graph with one worker, its arrays in ``settings.store``; return its rates.
+
+    ``mvx_per_s``: the volume's voxels over the run's wall seconds (reads, compute, writes and
+    commits of every block and assembly); per stage, over the seconds its jobs took.
+    """
+    import schemas
+    from neuropipe.worker import registry
+
+    try:
+        register_volume_and_model(settings, folder, source, model, block)
+        schemas.membrane.InferenceParams.insert_params({"tile": TILE, "overlap": 8, "precision": "float32"})
+        for method in methods:
+            schemas.detection.DetectionParams.insert_params(METHODS[method])
+        steps = ["MembraneBlock", "MembraneMap", "DetectionBlock", "CellDetection"]
+        seconds, _ = run_workers(1, settings, steps, log)
+        stages = stage_seconds(schemas.membrane, schemas.detection, {"dataset": "big", "blocking_id": "bench"},
+                               methods)
+        voxels = float(np.prod(schemas.volume.Volume.open_image({"dataset": "big"}).shape)) / 1e6
+        return {"seconds": round(seconds, 2), "mvx_per_s": round(voxels / seconds, 3),
+                "stage_mvx_per_s": {name: round(voxels / (times["blocks_s"] + times["assembly_s"]), 3)
+                                    for name, times in stages.items()}}
+    finally:
+        schemas.drop()
+        registry.drop()
 
 
 def run_workers(count: int, settings: Settings, tables, log: Path, restriction=None, max_jobs: int = 0):
@@ -173,6 +239,71 @@ def block_timings(membrane, detection, key: dict, shape, methods) -> dict:
     return per_block
 
 
+def stage_seconds(membrane, detection, key: dict, methods) -> dict:
+    """Seconds of each blockwise stage: its blocks' and its assembling job's, wall and CPU.
+
+    ``blocks_s``: the blocks' compute (``seconds``, as :func:`block_timings` reports them);
+    ``assembly_s``: the assembling job's (``MembraneMap``, ``CellDetection``) duration, whole
+    (its reads and writes are the assembly).  ``blocks_cpu_s`` and ``assembly_cpu_s``: the CPU
+    seconds the jobs' provenance records (the blocks' reads, writes and commits included), which
+    other work on a shared machine disturbs less than wall time.
+    """
+    from neuropipe import provenance
+
+    def measured(table, restriction) -> tuple:
+        query = table & key & restriction
+        wall = query.to_arrays("seconds").sum() if "seconds" in table().heading.names else \
+            (table().jobs & key & restriction & "status = 'success'").to_arrays("duration").sum()
+        return float(wall), float((provenance.of(table) & key & restriction).to_arrays("cpu_seconds").sum())
+
+    tables = {"membrane": (membrane.MembraneBlock, membrane.MembraneMap, {})}
+    for method in methods:  # a method's parameter set: its key (already there)
+        tables[method] = (detection.DetectionBlock, detection.CellDetection,
+                          detection.DetectionParams.insert_params(METHODS[method]))
+    found = {}
+    for name, (blocks, assembly, restriction) in tables.items():
+        (blocks_s, blocks_cpu), (assembly_s, assembly_cpu) = measured(blocks, restriction), measured(assembly,
+                                                                                                  restriction)
+        found[name] = {"blocks_s": round(blocks_s, 3), "assembly_s": round(assembly_s, 3),
+                       "blocks_cpu_s": round(blocks_cpu, 3), "assembly_cpu_s": round(assembly_cpu, 3)}
+    return found
+
+
+def whole_volume_seconds(model, image) -> tuple[dict, np.ndarray]:
+    """Time the whole-volume kernels on ``image``: ``predict_membrane``, then ``detect_cells`` on its map.
+
+    Returns (wall and CPU seconds by step, the map).
+    """
+    start, cpu = time.perf_counter(), time.process_time()
+    probability = ops.predict_membrane(model, image, tile=TILE, overlap=8, precision="float32")
+    seconds = {"membrane": time.perf_counter() - start, "membrane_cpu": time.process_time() - cpu}
+    interior = 1.0 - probability.astype(np.float64)
+    start, cpu = time.perf_counter(), time.process_time()
+    ops.detect_cells(interior, **COMPONENTS)
+    seconds.update(components=time.perf_counter() - start, components_cpu=time.process_time() - cpu)
+    return seconds, probability
+
+
+def stage_ratios(stages: dict, whole: dict, methods) -> dict:
+    """Blockwise rate over whole-volume rate per stage: the whole kernel's seconds over the stage's (blocks + assembly).
+
+    ``membrane_blockwise_over_whole``: membrane blocks and map against ``predict_membrane``;
+    ``components_stages_over_detect_cells``: detection blocks and their assembly against
+    ``detect_cells`` on the whole map (the components method: the one whose blocks are stitched).
+    Wall seconds (the blocks' compute), and ``..._cpu``: CPU seconds (the blocks' whole jobs).
+    """
+    def over(name: str, cpu: str = "") -> float:
+        stage = stages[name]
+        return round(whole[name + cpu] / (stage[f"blocks{cpu}_s"] + stage[f"assembly{cpu}_s"]), 3)
+
+    ratios = {}
+    for name, label in (("membrane", "membrane_blockwise_over_whole"),
+                        ("components", "components_stages_over_detect_cells")):
+        if name in stages:
+            ratios.update({label: over(name), f"{label}_cpu": over(name, "_cpu")})
+    return ratios
+
+
 def recorded_peaks(tables, pid: int) -> dict:
     """Return, per table, the largest per-job peak RSS (bytes) that worker ``pid`` recorded in its provenance."""
     import schemas
@@ -233,6 +364,36 @@ def read_box(block, halo, shape) -> tuple:
     return tuple(min(b + 2 * h, s) for b, h, s in zip(block, halo, shape))
 
 
+def membrane_read_box(interior: dict, block, shape) -> tuple:
+    """Return the extent of what the membrane block at grid coordinates ``interior`` reads (its tiles)."""
+    from neuropipe.ops.grid import core_box
+    from neuropipe.ops.unet import MembraneTiling
+
+    core = core_box([interior[name] for name in ("grid_z", "grid_y", "grid_x")], shape, block)
+    return tuple(stop - start for start, stop in MembraneTiling(shape, block, tile=TILE, overlap=8).read_box(core))
+
+
+def compare_stores(store: str, folder: Path, block, model, methods) -> dict:
+    """Run the graph with its arrays in a directory and in the object store ``store``, interleaved, twice each.
+
+    Returns both runs' rates and ``object_over_file``: the better object-store rate over the
+    better file-store rate (end to end, one worker).
+    """
+    url, options = object_store(store, folder)
+    rates = {"file": [], "object": []}
+    for repeat in range(2):  # interleaved: what the machine does meanwhile falls on both alike
+        for kind in ("file", "object"):
+            where = {"store": folder / f"store-{repeat}"} if kind == "file" else {"store": f"{url}/{repeat}", **options}
+            settings = Settings(host=os.environ.get("DJ_HOST", "127.0.0.1"), port=int(os.environ.get("DJ_PORT", 5432)),
+                                user=os.environ.get("DJ_USER", "root"), backend="postgresql",
+                                schema_prefix=f"benchstore_{secrets.token_hex(3)}_", **where)
+            rates[kind].append(store_throughput(settings, folder, f"file://{folder}/volume.zarr", model, block,
+                                                methods, folder / f"store-{kind}.log"))
+    best = {kind: max(run["mvx_per_s"] for run in runs) for kind, runs in rates.items()}
+    return {"object_store": "moto (local S3 server)" if store == "moto" else url, "runs": rates,
+            "object_over_file": round(best["object"] / best["file"], 3)}
+
+
 def main() -> None:
     """Build the volume, run the blockwise graph with 1 and 2 workers, compare with whole-volume kernels."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -241,6 +402,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=(1, 2), help="worker counts to time (default 1 2)")
     parser.add_argument("--methods", nargs="+", default=("components", "spheres"), choices=tuple(METHODS),
                         help="detection methods to run (default both; spheres are slow on large volumes)")
+    parser.add_argument("--store", metavar="URL",
+                        help="also run the graph with its arrays in this object store (s3://bucket/prefix, reached as "
+                             "NEUROPIPE_STORE_* say; 'moto': a local moto S3 server) and in a directory, one after "
+                             "the other, twice; report both rates and their ratio")
     args = parser.parse_args()
     import schemas
     from neuropipe.worker import registry
@@ -266,16 +431,20 @@ def main() -> None:
             for method in args.methods:
                 detection.DetectionParams.insert_params(METHODS[method])
             interior = {**interior_block(shape, block), "blocking_id": "bench"}
-            if workers == args.workers[0]:  # one block in a worker of its own, before the volume's run
+            if workers == args.workers[0]:  # the whole-volume kernels, timed before the blocks and after them
+                image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
+                whole_seconds = [whole_volume_seconds(model, image)[0]]
+                # one block in a worker of its own, before the volume's run
                 job_needs = {"membrane": growth(run_workers(1, settings, ["MembraneBlock"], folder / "one.log",
                                                             interior, max_jobs=1)[1])}
             steps = ["MembraneBlock", "MembraneMap", "DetectionBlock", "CellDetection"]
             seconds, memory = run_workers(workers, settings, steps, folder / f"workers{workers}.log")
             key = {"dataset": "big", "blocking_id": "bench"}
             per_block = block_timings(membrane, detection, key, shape, args.methods)
+            stages = stage_seconds(membrane, detection, key, args.methods)
             model_file = folder / "model.bin"
             model_file.write_bytes(model.to_bytes())
-            needs = {"membrane": one_block_rss("membrane", read_box(block, (0, TILE - 1, TILE - 1), shape),
+            needs = {"membrane": one_block_rss("membrane", membrane_read_box(interior, block, shape),
                                                str(model_file))}
             for method in args.methods:
                 found = detection.DetectionParams.insert_params(METHODS[method])
@@ -288,7 +457,7 @@ def main() -> None:
                     job_needs[method] = growth(run_workers(1, settings, ["DetectionBlock"], folder / "one.log",
                                                            {**interior, **variant}, max_jobs=1)[1])
             working_set = max(job_needs.values())
-            results["runs"][workers] = {"seconds": round(seconds, 1), "per_block": per_block,
+            results["runs"][workers] = {"seconds": round(seconds, 1), "per_block": per_block, "stages": stages,
                                         "peak_rss_mb": round(max(peak for _, peak, _ in memory.values()) / 1e6, 1),
                                         "growth_mb": round(growth(memory) / 1e6, 1),
                                         "growth_by_step_mb": {step: round(max(peaks[step] - ready for ready, _, peaks
@@ -304,14 +473,18 @@ def main() -> None:
                 results["peak_rss_mb"] = results["runs"][workers]["peak_rss_mb"]
                 results["volume_over_working_set"] = round(np.prod(shape) * 4 / working_set, 1)
                 image = np.asarray(volume.Volume.open_image({"dataset": "big"}))
-                start = time.perf_counter()
-                whole_map = ops.predict_membrane(model, image, tile=TILE, overlap=8, precision="float32")
-                membrane_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
+                timing, whole_map = whole_volume_seconds(model, image)
+                whole_seconds.append(timing)
                 blockwise_map = np.asarray(open_stored((membrane.MembraneMap & key).fetch1("probability")))
                 interior = 1.0 - blockwise_map.astype(np.float64)
-                start = time.perf_counter()
                 whole_cells = ops.detect_cells(interior, **COMPONENTS)
-                components_rate = np.prod(shape) / 1e6 / (time.perf_counter() - start)
+                mean_seconds = {name: float(np.mean([timing[name] for timing in whole_seconds]))
+                                for name in whole_seconds[0]}
+                membrane_rate = np.prod(shape) / 1e6 / mean_seconds["membrane"]
+                components_rate = np.prod(shape) / 1e6 / mean_seconds["components"]
+                results["whole_seconds"] = [{name: round(value, 3) for name, value in timing.items()}
+                                            for timing in whole_seconds]
+                results["ratios"] = stage_ratios(stages, mean_seconds, args.methods)
                 spheres_rate = float("nan")
                 if "spheres" in args.methods:
                     start = time.perf_counter()
@@ -329,6 +502,8 @@ def main() -> None:
         finally:
             schemas.drop()
             registry.drop()
+    if args.store:
+        results["stores"] = compare_stores(args.store, folder, block, model, args.methods)
     print(json.dumps(results, indent=1, default=str))
     print(json.dumps({"peak_rss_over_working_set": results["peak_rss_over_working_set"],
                       "peak_rss_over_kernel_alone": results["peak_rss_over_kernel_alone"],
@@ -337,8 +512,10 @@ def main() -> None:
                       "volume_over_working_set": results["volume_over_working_set"],
                       "blockwise_equals_whole": results["blockwise_equals_whole"],
                       "seconds_by_workers": {w: r["seconds"] for w, r in results["runs"].items()},
-                      "whole_mvx_per_s": results["whole_mvx_per_s"],
-                      "blockwise": results["runs"][args.workers[0]]["per_block"]}))
+                      "whole_mvx_per_s": results["whole_mvx_per_s"], "ratios": results["ratios"],
+                      "stages": results["runs"][args.workers[0]]["stages"],
+                      "blockwise": results["runs"][args.workers[0]]["per_block"],
+                      **({"object_store_over_file": results["stores"]["object_over_file"]} if args.store else {})}))
 
 
 if __name__ == "__main__":

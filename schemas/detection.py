@@ -51,14 +51,15 @@ class DetectionBlock(blockwise.PerBlock, dj.Computed):
     """Cells found in one block of a membrane map, with the pieces its core holds of each.
 
     ``components``: the block's core is labelled alone and its pieces (fragments) are joined
-    across blocks by :class:`CellDetection`, exactly as labelling the whole volume would.
+    across blocks by :class:`CellDetection`, exactly as labelling the whole volume would; the
+    block keeps its faces (first and last planes) apart, for the joining to read.
     ``spheres`` and ``blobs``: the block plus a halo of two cell diameters is searched; a cell
     belongs to the block whose core holds its centroid, and the voxels of every cell found are
     written under an id made from its centroid, so blocks agree on cells they both see.
     """
 
     grid = VolumeBlocks
-    output_dtype = "uint64"
+    output_dtype = "result"  # components: the core's labels in the block (uint32); otherwise centroid ids (uint64)
     definition = """
     -> VolumeBlocks.Block
     -> MembraneMap
@@ -87,10 +88,14 @@ class DetectionBlock(blockwise.PerBlock, dj.Computed):
         return np.asarray(membrane[blockwise.slices(box)])
 
     def compute(self, key, probability, block):
-        """Detect, keep the cells whose centroid the core holds, describe the core's pieces."""
-        return ops.detect_in_block(probability, read=block.read, core=block.core, linear=block.linear,
-                                   volume_shape=block.volume_shape, voxel_size=Dataset.voxel_size(key),
-                                   params=DetectionParams().fetch_params(key))
+        """Detect, keep the cells whose centroid the core holds, describe the core's pieces (and its faces)."""
+        params = DetectionParams().fetch_params(key)
+        ids, findings = ops.detect_in_block(probability, read=block.read, core=block.core, linear=block.linear,
+                                            volume_shape=block.volume_shape, voxel_size=Dataset.voxel_size(key),
+                                            params=params)
+        stitched = DetectionParams.effective(params)["method"] == "components"
+        faces = stitch.face_pieces(ids, block.core, block.volume_shape, block.block_shape, block_index=block.linear)
+        return ids, findings, faces if stitched else []
 
 
 @schema
@@ -123,15 +128,21 @@ class CellDetection(dj.Computed):
         return blockwise.complete(super().key_source & DetectionParams.using(ON_MEMBRANE_MAPS), DetectionBlock)
 
     def make(self, key):
-        """Join the blocks' pieces into cells, number them, write the labels block by block."""
+        """Join the blocks' pieces into cells across their faces, number them, write the labels block by block."""
         blocks = (DetectionBlock & key).to_dicts(order_by=blockwise.tables.GRID_COORDINATES)
+        params = DetectionParams().fetch_params(key)
+        stitched = DetectionParams.effective(params)["method"] == "components"
         provisional = blockwise.open_result(DetectionBlock(), key)
-        cells = ops.assemble_cells(blocks, provisional, provisional.chunks, voxel_size=Dataset.voxel_size(key),
-                                   params=DetectionParams().fetch_params(key))
+        faces = {name: blockwise.tables.open_pieces(DetectionBlock(), key, name)
+                 for name in stitch.face_names(provisional.shape, provisional.chunks)} if stitched else {}
+        fragments = stitch.Faces(faces, provisional.shape, provisional.chunks)  # all that stitching reads
+        cells = ops.assemble_cells(blocks, fragments, provisional.chunks, voxel_size=Dataset.voxel_size(key),
+                                   params=params)
         output = blockwise.open_output(self, key, provisional.shape, "uint32", provisional.chunks, name="labels")
-        for _, core in blockwise.block_grid(provisional.shape, provisional.chunks):
+        for linear, (_, core) in enumerate(blockwise.block_grid(provisional.shape, provisional.chunks)):
             region = blockwise.slices(core)
-            output[region] = stitch.relabel(np.asarray(provisional[region]), cells["ids"], cells["labels"])
+            output[region] = stitch.relabel(np.asarray(provisional[region]), cells["ids"], cells["labels"],
+                                            block_index=linear if stitched else None)
         self.insert1(dict(key, labels=blockwise.output_reference(self, key, name="labels"),
                           cell_count=len(cells["centroids"])))
         insert_in_parts(self.Cell, cell_rows(key, cells["centroids"], score=cells["scores"],

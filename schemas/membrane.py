@@ -11,6 +11,7 @@ import numpy as np
 
 from neuropipe import blockwise, ops, steps
 from neuropipe.database import import_datajoint
+from neuropipe.ops import unet
 from neuropipe.params import ParamSet, fraction, non_negative, non_negative_int, one_of, positive
 from schemas.volume import Annotation, AnnotationVolume, Volume, VolumeBlocks
 
@@ -144,9 +145,12 @@ class MembraneModel(TrainedModels, dj.Computed):
 class MembraneBlock(blockwise.PerBlock, dj.Computed):
     """The membrane probability of one block of a volume, written into its map's zarr array.
 
-    The block is read with a halo of one tile (and the model's context slices), tiles are
-    placed as on the whole slices and each slice is normalised by the whole slice's
-    statistics, so the blocks of a map equal the whole-volume prediction.
+    Tiles are placed as on the whole slices, and each block computes those that start in it
+    (:class:`neuropipe.ops.unet.MembraneTiling`), reading what they cover and the model's
+    context slices; each slice is normalised by the whole slice's statistics.  Where a tile
+    reaches into the next block, the pixels there (the block's *seams*, NaN until then) are
+    blended by :class:`MembraneMap` from the sums both blocks keep, so the map equals the
+    whole-volume prediction and no tile is computed twice.
     """
 
     grid = VolumeBlocks
@@ -159,26 +163,48 @@ class MembraneBlock(blockwise.PerBlock, dj.Computed):
     probability_sum : float64             # over the block's core, for the map's mean
     """ + blockwise.PER_BLOCK_ATTRIBUTES
 
-    def halo(self, key):
-        """One tile in y and x (what whole-slice tiling needs), the model's context along z."""
-        tile = int(InferenceParams().fetch_effective(key)["tile"])
-        height, width = (VolumeBlocks & key).fetch1("height", "width")
-        context = MembraneModel().load(key).context
-        needed = (context, min(tile, height) - 1, min(tile, width) - 1)
-        return tuple(max(a, b) for a, b in zip(needed, super().halo(key)))
+    def tiling(self, key, context: int = 0) -> unet.MembraneTiling:
+        """Return how the tiles of the whole slices fall on the blocks of ``key``'s map."""
+        params = InferenceParams().fetch_effective(key)
+        shape = tuple(int(v) for v in (VolumeBlocks & key).fetch1("depth", "height", "width"))
+        return unet.MembraneTiling(shape, VolumeBlocks().block_shape(key), tile=int(params["tile"]),
+                                   overlap=int(params["overlap"]), context=context)
+
+    def read_box(self, key, core, volume_shape):
+        """Return the box the block reads: its tiles, the model's context slices and the least halo."""
+        needed = self.tiling(key, MembraneModel().load(key).context).read_box(core)
+        least = super().read_box(key, core, volume_shape)
+        return tuple((min(a, c), max(b, d)) for (a, b), (c, d) in zip(needed, least))
 
     def read(self, key, box):
         """Read the image inside ``box``."""
         return np.asarray(Volume.open_image(key)[blockwise.slices(box)])
 
     def compute(self, key, image, block):
-        """Predict the block's core with the model, tiled as the whole volume would be."""
-        (z0, z1), (y0, _), (x0, _) = block.read
+        """Predict the tiles that start in the block, as the whole volume would; keep the seams' sums."""
+        (z0, z1) = block.read[0]
         means, stds = (Volume & key).fetch1("slice_mean", "slice_std")
-        probability = ops.predict_membrane(MembraneModel().load(key), image, frame=(y0, x0, *block.volume_shape[1:]),
-                                           slice_stats=(means[z0:z1], stds[z0:z1]),
-                                           **InferenceParams().fetch_params(key))[block.core_in_read]
-        return probability, {"probability_sum": float(probability.sum(dtype=np.float64))}
+        probability, seams = unet.predict_membrane_block(
+            MembraneModel().load(key), image, read=block.read, core=block.core, volume_shape=block.volume_shape,
+            block_shape=block.block_shape, slice_stats=(means[z0:z1], stds[z0:z1]),
+            **InferenceParams().fetch_params(key))
+        return probability, {"probability_sum": float(np.nansum(probability, dtype=np.float64))}, seams
+
+    def fill_seams(self, key) -> float:
+        """Blend the seams of ``key``'s map from the sums its blocks kept; return the probability summed over them."""
+        tiling = self.tiling(key)
+        cores = [core for _, core in blockwise.block_grid(tiling.shape, tiling.block) if tiling.has_seams(core)]
+        if not cores:
+            return 0.0
+        probability = blockwise.open_output(self, key, tiling.shape, self.output_dtype, tiling.block)
+        seams = {name: blockwise.tables.open_pieces(self, key, name)
+                 for name, band in zip(unet.MembraneTiling.PIECES, tiling.bands) if band}
+        filled = 0.0
+        for core in cores:
+            values = np.asarray(probability[blockwise.slices(core)])
+            filled += tiling.fill(values, core, lambda name, box: np.asarray(seams[name][blockwise.slices(box)]))
+            probability[blockwise.slices(core)] = values
+        return filled
 
 
 @schema
@@ -206,8 +232,8 @@ class MembraneMap(dj.Computed):
         return blockwise.complete(super().key_source, MembraneBlock)
 
     def make(self, key):
-        """Record the map its blocks wrote."""
-        total = (MembraneBlock & key).to_arrays("probability_sum").sum()
+        """Blend the seams between the blocks, record the map."""
+        total = (MembraneBlock & key).to_arrays("probability_sum").sum() + MembraneBlock().fill_seams(key)
         voxels = np.prod((VolumeBlocks & key).fetch1("depth", "height", "width"), dtype=np.float64)
         self.insert1(dict(key, probability=blockwise.output_reference(MembraneBlock(), key),
                           mean_probability=float(total / voxels)))

@@ -50,7 +50,7 @@ import numpy as np
 
 from neuropipe import compat
 from neuropipe.database import STORE_NAME
-from neuropipe.ops.grid import Box, block_grid, core_box, grid_shape, grow, slices
+from neuropipe.ops.grid import Box, Piece, block_grid, core_box, grid_shape, grow, slices
 
 GRID_COORDINATES = ("grid_z", "grid_y", "grid_x")
 
@@ -163,7 +163,8 @@ class PerBlock:
 
     Subclasses set ``grid`` (their :class:`BlockGrid` table) and ``output_dtype`` (None for no
     shared output array; ``"result"`` for the dtype :meth:`compute` returns), and define
-    :meth:`read` and :meth:`compute`; :meth:`halo` defaults to the block shape's.
+    :meth:`read` and :meth:`compute`; :meth:`halo` defaults to the block shape's, and
+    :meth:`read_box` (what a block reads) to its core grown by the halo.
     """
 
     grid = None
@@ -173,12 +174,24 @@ class PerBlock:
         """Return the ZYX halo to read around the block (default: the block shape's)."""
         return self.grid().least_halo(key)
 
+    def read_box(self, key: dict, core: Box, volume_shape: tuple) -> Box:
+        """Return the box a block reads: its core grown by :meth:`halo`, clipped to the volume.
+
+        A step whose reach differs from block to block (the membrane U-Net's tiles) overrides
+        this; the box must hold the core.
+        """
+        return grow(core, np.maximum(np.asarray(self.halo(key)), 0), volume_shape)
+
     def read(self, key: dict, box: Box) -> np.ndarray:
         """Return the input inside ``box`` (volume voxels) as a ZYX array."""
         raise NotImplementedError
 
     def compute(self, key: dict, data: np.ndarray, block: Block):
-        """Return ``(array, row)``: the result over the read box or the core, and row attributes."""
+        """Return ``(array, row)``: the result over the read box or the core, and row attributes.
+
+        ``(array, row, pieces)`` also writes each :class:`~neuropipe.ops.grid.Piece` into its
+        array beside the output (named after it), as the core is written.
+        """
         raise NotImplementedError
 
     def block_of(self, key: dict) -> Block:
@@ -190,16 +203,15 @@ class PerBlock:
         index = tuple(int(key[name]) for name in GRID_COORDINATES)
         counts = (master["blocks_z"], master["blocks_y"], master["blocks_x"])
         core = core_box(index, shape, size)
-        halo = np.maximum(np.asarray(self.halo(key)), 0)
         return Block(index=index, linear=int(np.ravel_multi_index(index, counts)), core=core,
-                     read=grow(core, halo, shape), volume_shape=shape, block_shape=size)
+                     read=self.read_box(key, core, shape), volume_shape=shape, block_shape=size)
 
     def make(self, key):
-        """Read the block plus halo, compute, write the core to the shared output, insert the row."""
+        """Read the block plus halo, compute, write the core (and pieces) to the shared output, insert the row."""
         block = self.block_of(key)
         data = self.read(key, block.read)
         started = time.monotonic()
-        result, row = self.compute(key, data, block)
+        result, row, *pieces = self.compute(key, data, block)
         seconds = time.monotonic() - started
         if self.output_dtype is not None:
             core_shape = tuple(stop - start for start, stop in block.core)
@@ -207,7 +219,20 @@ class PerBlock:
             dtype = result.dtype if self.output_dtype == "result" else self.output_dtype
             output = open_output(self, output_key(key), block.volume_shape, dtype, block.block_shape)
             output[slices(block.core)] = core.astype(output.dtype, copy=False)
+        for piece in pieces[0] if pieces else ():
+            write_piece(self, output_key(key), piece)
         self.insert1(dict(key, seconds=seconds, **row))
+
+
+def write_piece(table, key: dict, piece: Piece) -> None:
+    """Write a block's :class:`~neuropipe.ops.grid.Piece` into its array (:func:`open_result` reads it)."""
+    array = open_output(table, key, piece.shape, piece.data.dtype, piece.chunks, name=f"_{piece.name}")
+    array[slices(piece.box)] = piece.data
+
+
+def open_pieces(table, key: dict, name: str):
+    """Open for reading the array of the pieces called ``name`` that the blocks of one result wrote."""
+    return open_result(table, key, name=f"_{name}")
 
 
 def output_key(key: dict) -> dict:

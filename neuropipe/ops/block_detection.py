@@ -30,7 +30,7 @@ from . import stitch
 from ._validate import check_voxel_size
 from .components import thick_sections
 from .detect import DETECTION_DEFAULTS, components_connectivity, detect_cells
-from .grid import block_grid, contains, grow, slices
+from .grid import block_grid, contains, grow, paste, slices
 
 __all__ = ["assemble_cells", "detect_blockwise", "detect_in_block", "detection_halo", "owned_cells", "stitched_cells"]
 
@@ -95,8 +95,10 @@ def detect_in_block(membrane: np.ndarray, *, read, core, linear: int, volume_sha
 
     Returns
     -------
-    ids : ndarray of uint64, the core's shape
-        The core's piece ids (0 = none): fragment ids (components) or centroid ids.
+    ids : ndarray, the core's shape
+        The core's piece ids (0 = none): its labels in the block (uint32, components; the
+        pieces are named by :func:`~neuropipe.ops.stitch.fragment_ids` of them) or centroid
+        ids (uint64).
     findings : dict
         As the module describes; ``owned`` is empty for components.
     """
@@ -141,9 +143,9 @@ def assemble_cells(blocks, fragments, block, *, voxel_size, params: dict) -> dic
     blocks : sequence of dict
         The findings of every block (:func:`detect_in_block`), in a fixed order (the grid's);
         arrays may come flat, as a table stores them.
-    fragments : array_like of uint64
+    fragments : array_like of uint64, or stitch.Faces
         The piece ids every block wrote into its core (the whole volume; a zarr array is read
-        one block face at a time).
+        one block face at a time), or the block faces alone (all that stitching reads).
     block : tuple of int
         The block shape.
     voxel_size : sequence of 3 float
@@ -270,13 +272,18 @@ def detect_blockwise(membrane: np.ndarray, block, *, voxel_size=None, least_halo
     voxel_size = check_voxel_size(voxel_size)
     shape = membrane.shape
     halo = detection_halo(params, voxel_size, least_halo)
-    fragments = np.zeros(shape, np.uint64)
-    findings = []
+    stitched = {**DETECTION_DEFAULTS, **params}["method"] == "components"
+    faces, findings, pieces = {}, [], []
     for linear, (_, core) in enumerate(block_grid(shape, block)):
         read = grow(core, halo, shape)
         ids, found = detect_in_block(membrane[slices(read)], read=read, core=core, linear=linear, volume_shape=shape,
                                      voxel_size=voxel_size, params=params)
-        fragments[slices(core)] = ids
+        paste(faces, stitch.face_pieces(ids, core, shape, block, block_index=linear) if stitched else [])
         findings.append(found)
-    cells = assemble_cells(findings, fragments, block, voxel_size=voxel_size, params=params)
-    return stitch.relabel(fragments, cells["ids"], cells["labels"]), cells
+        pieces.append((core, ids))
+    cells = assemble_cells(findings, stitch.Faces(faces, shape, block), block, voxel_size=voxel_size, params=params)
+    labels = np.zeros(shape, np.uint32)
+    for linear, (core, ids) in enumerate(pieces):
+        labels[slices(core)] = stitch.relabel(ids, cells["ids"], cells["labels"],
+                                              block_index=linear if stitched else None)
+    return labels, cells

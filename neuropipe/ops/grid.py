@@ -10,9 +10,50 @@ tables on these; the block-by-block kernels (:mod:`~neuropipe.ops.stitch`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import product
 
 Box = tuple  # ((z0, z1), (y0, y1), (x0, x1)), half-open
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of a block's result kept beside its core: ``data`` for ``box`` of the array ``name``.
+
+    The array (``shape``, chunked by ``chunks``) is shared by the blocks of one result, and
+    each chunk of it is written by one block only, as the core's chunks are: seams a membrane
+    block shares with its neighbours, the faces a detection block is stitched by.
+
+    Attributes
+    ----------
+    name : str
+        The array's name among the result's arrays.
+    shape, chunks : tuple of int
+        The whole array's extent and chunk shape.
+    box : Box
+        Where ``data`` goes in the array, half-open.
+    data : ndarray
+    """
+
+    name: str
+    shape: tuple
+    chunks: tuple
+    box: Box
+    data: object
+
+
+def paste(arrays: dict, pieces) -> dict:
+    """Write ``pieces`` into in-memory arrays, ``arrays[name]`` (made zero-filled), as blocks write them to the store.
+
+    Returns ``arrays``.  The in-memory references of the blockwise tables use it.
+    """
+    import numpy as np
+
+    for piece in pieces:
+        if piece.name not in arrays:
+            arrays[piece.name] = np.zeros(piece.shape, piece.data.dtype)
+        arrays[piece.name][slices(piece.box)] = piece.data
+    return arrays
 
 
 def grid_shape(shape, block) -> tuple:

@@ -6,14 +6,18 @@ different blocks belong to one component where voxels of theirs touch across a b
 boundary: :func:`boundary_pairs` finds those pairs in the two planes on either side of each
 boundary, :func:`merge_fragments` joins them with union-find, and the result, numbered in the
 raster order of each component's first voxel, is what labelling the whole volume at once gives.
+Those planes are all that stitching reads: a block keeps the first and last plane of its core
+along each axis (:func:`face_pieces`), and :class:`Faces` reads them back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .components import label_components, thick_sections
-from .grid import block_grid, read_chunkwise, slices
+from .grid import Piece, block_grid, grid_shape, paste, read_chunkwise, slices
 
 BLOCK_ID_SHIFT = 32  # a fragment id is (linear block index + 1) << 32 | its label in the block
 
@@ -75,18 +79,25 @@ def boundary_pairs(before: np.ndarray, after: np.ndarray, offsets) -> np.ndarray
     Returns
     -------
     ndarray of shape (N, 2), uint64
-        Each touching pair once, ``(id before, id after)``.
+        Each touching pair once, ``(id before, id after)``, in increasing order.
     """
-    found = [np.empty((0, 2), np.uint64)]
     rows, cols = before.shape
+    firsts, seconds = [np.empty(0, np.uint64)], [np.empty(0, np.uint64)]
     for d0, d1 in offsets:
-        a = before[max(0, -d0):rows - max(0, d0), max(0, -d1):cols - max(0, d1)]
-        b = after[max(0, d0):rows - max(0, -d0), max(0, d1):cols - max(0, -d1)]
-        touching = (a > 0) & (b > 0)
-        if touching.any():
-            found.append(np.stack([a[touching], b[touching]], axis=1))
-    pairs = np.concatenate(found)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs
+        first, second = before[max(0, -d0):rows - max(0, d0), max(0, -d1):cols - max(0, d1)], \
+            after[max(0, d0):rows - max(0, -d0), max(0, d1):cols - max(0, -d1)]
+        touching = (first > 0) & (second > 0)
+        first, second = first[touching], second[touching]
+        runs = np.ones(len(first), bool)  # a pair touches along a run of voxels: keep each run once
+        np.not_equal(first[1:], first[:-1], out=runs[1:])
+        runs[1:] |= second[1:] != second[:-1]
+        firsts.append(first[runs])
+        seconds.append(second[runs])
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    values = np.unique(np.concatenate([first, second]))  # ids by rank: a pair of them is one int64
+    count = np.int64(len(values))
+    keys = np.unique(np.searchsorted(values, first) * count + np.searchsorted(values, second))
+    return np.stack([values[keys // count], values[keys % count]], axis=1).astype(np.uint64)  # sorted, as the ranks
 
 
 def merge_fragments(fragments: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -227,7 +238,11 @@ def _plane_pieces(plane: np.ndarray, z: int, origin, volume_shape, values) -> di
 
 def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, voxel_size=None, origin=(0, 0, 0),
                     volume_shape=None, values=None, dust: int = 0) -> tuple[np.ndarray, dict]:
-    """Label one block's core; return its fragment ids and their :func:`pieces`.
+    """Label one block's core; return its labels and the :func:`pieces` they are.
+
+    The labels (uint32, 1..N in the block) are kept as they are, and the pieces named by
+    fragment ids (:func:`fragment_ids`): ``fragment_ids(labels, block_index)`` names the
+    labels in the volume.
 
     Parameters
     ----------
@@ -265,17 +280,22 @@ def block_fragments(mask: np.ndarray, block_index: int, *, connectivity: int, vo
         on_faces = np.unique(np.concatenate([np.unique(found.labels[index]) for index in _faces(mask.ndim)]))
         keep = (described["voxel_counts"] >= dust) | np.isin(np.arange(1, count + 1), on_faces)
         described = {name: column[keep] for name, column in described.items()}
-    return fragment_ids(found.labels, block_index), described
+    return found.labels, described
 
 
 def _first_voxels(labels: np.ndarray, first_planes: np.ndarray, origin, volume_shape) -> np.ndarray:
     """Return the raster index (in the volume) of the first voxel of each label 1..N of a block.
 
     ``first_planes`` holds each label's first plane (its bounding box's z start). cc3d numbers
-    components in raster order, so within a plane the labels that start there first appear
-    in increasing order, each where the plane's running maximum rises to it; a plane where
-    that does not hold is searched by sorting.
+    components in raster order, so the labels first appear in increasing order, each where
+    the block's running maximum rises to it; where that does not hold, plane by plane: within
+    a plane the labels that start there, else by sorting.
     """
+    flat = labels.ravel()
+    rises = np.flatnonzero(np.diff(np.maximum.accumulate(flat), prepend=0))
+    if np.array_equal(flat[rises], np.arange(1, len(first_planes) + 1)):
+        where = np.unravel_index(rises, labels.shape)
+        return np.ravel_multi_index(tuple(at + start for at, start in zip(where, origin)), volume_shape)
     first = np.zeros(len(first_planes), np.int64)
     width = labels.shape[2]
     for z in np.unique(first_planes):
@@ -297,27 +317,102 @@ def _faces(ndim: int) -> list[tuple]:
     return [tuple([slice(None)] * axis + [end]) for axis in range(ndim) for end in (0, -1)]
 
 
+WHOLE_PLANE_VOXELS = 1 << 20  # boundary planes up to this size are stitched whole, larger ones a block face at a time
+
+
 def stitch_pairs(read_plane, shape, block, connectivity: int, planar: bool) -> np.ndarray:
     """Return every fragment pair touching across the block boundaries of a volume.
 
     ``read_plane(axis, index, box)`` returns the fragment ids of plane ``index`` normal to
-    ``axis`` inside ``box`` (the other two axes' ranges); planes are read one block face at a
-    time (grown by one voxel for diagonal steps), so memory stays that of a face
-    (:func:`plane_reader` reads them so from an array).
+    ``axis`` inside ``box`` (the other two axes' ranges).  A boundary plane of up to
+    :data:`WHOLE_PLANE_VOXELS` is read whole; a larger one a block face at a time, so memory
+    stays that of a face (:func:`plane_reader` reads them so from an array).  A face is then
+    grown by one voxel on its far sides: a diagonal step across the boundary and across the
+    edge of two faces lies in the nearer face, grown so.
     """
     found = [np.empty((0, 2), np.uint64)]
-    for index, core in block_grid(shape, block):
-        for axis in range(3):
-            offsets = crossing_offsets(connectivity, axis, planar)
-            if index[axis] == 0 or not offsets:
-                continue
-            boundary = core[axis][0]
-            box = [(max(0, start - 1), min(size, stop + 1)) for (start, stop), size in zip(core, shape)]
-            del box[axis]
-            found.append(boundary_pairs(read_plane(axis, boundary - 1, box), read_plane(axis, boundary, box),
-                                        offsets))
+    for axis in range(3):
+        offsets = crossing_offsets(connectivity, axis, planar)
+        plane, size = [n for a, n in enumerate(shape) if a != axis], [n for a, n in enumerate(block) if a != axis]
+        if not offsets or block[axis] >= shape[axis]:
+            continue
+        boxes = [tuple((0, n) for n in plane)] if np.prod(plane) <= WHOLE_PLANE_VOXELS else \
+            [tuple((start, min(n, stop + 1)) for (start, stop), n in zip(face, plane)) for _, face in
+             block_grid(plane, size)]
+        for boundary in range(block[axis], shape[axis], block[axis]):
+            for box in boxes:
+                found.append(boundary_pairs(read_plane(axis, boundary - 1, box), read_plane(axis, boundary, box),
+                                            offsets))
     pairs = np.concatenate(found)
     return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+FACE_AXES = "zyx"
+
+
+def face_pieces(ids: np.ndarray, core, volume_shape, block, block_index: int | None = None) -> list[Piece]:
+    """Return the planes a block's fragment ids are stitched by: the first and last of its core along each axis.
+
+    One array per axis along which the volume has several blocks, ``faces_z``, ``faces_y``
+    and ``faces_x``: the volume's extent but two planes per block along that axis (its first,
+    then its last), each plane of each block a chunk of its own.
+
+    Parameters
+    ----------
+    ids : ndarray of uint64
+        The core's fragment ids; or, with ``block_index``, its labels in the block.
+    core : Box
+        The block's core.
+    volume_shape, block : tuple of int
+        ZYX extents of the volume and of its blocks.
+    block_index : int, optional
+        The block's linear index, where ``ids`` are its labels (:func:`block_fragments`).
+    """
+    found, counts = [], grid_shape(volume_shape, block)
+    for axis, count in enumerate(counts):
+        if count < 2:  # no boundary across this axis (face_names)
+            continue
+        index = core[axis][0] // block[axis]
+        shape, chunks, box = list(volume_shape), list(block), list(core)
+        shape[axis], chunks[axis], box[axis] = 2 * count, 1, (2 * index, 2 * index + 2)
+        data = np.stack([np.take(ids, 0, axis=axis), np.take(ids, -1, axis=axis)], axis=axis)
+        data = fragment_ids(data, block_index) if block_index is not None else data.astype(np.uint64, copy=False)
+        found.append(Piece(f"faces_{FACE_AXES[axis]}", tuple(shape), tuple(chunks), tuple(box), data))
+    return found
+
+
+def face_names(volume_shape, block) -> list[str]:
+    """Return the names of the arrays of block faces a volume has: one per axis along which it has several blocks."""
+    return [f"faces_{name}" for name, count in zip(FACE_AXES, grid_shape(volume_shape, block)) if count > 1]
+
+
+@dataclass(frozen=True)
+class Faces:
+    """The fragment ids of a volume's block faces, as its blocks kept them (:func:`face_pieces`).
+
+    Stands in for the whole volume's fragment ids where boundaries are stitched
+    (:func:`plane_reader`, :func:`~neuropipe.ops.block_detection.assemble_cells`): the planes on
+    either side of every boundary, and nothing else, are read.
+
+    Attributes
+    ----------
+    arrays : dict
+        ``faces_z``, ``faces_y``, ``faces_x`` (those the volume has), numpy or zarr.
+    shape, block : tuple of int
+        ZYX extents of the volume and of its blocks.
+    """
+
+    arrays: dict
+    shape: tuple
+    block: tuple
+
+    def read_plane(self, axis: int, index: int, box) -> np.ndarray:
+        """Return plane ``index`` (a block's first or last) normal to ``axis``, inside ``box`` (the other axes)."""
+        size = self.block[axis]
+        row = 2 * (index // size) + (0 if index % size == 0 else 1)
+        box = list(box)
+        box.insert(axis, (row, row + 1))
+        return np.take(np.asarray(self.arrays[f"faces_{FACE_AXES[axis]}"][slices(box)]), 0, axis=axis)
 
 
 def plane_reader(fragments):
@@ -325,9 +420,9 @@ def plane_reader(fragments):
 
     Parameters
     ----------
-    fragments : array_like of uint64
+    fragments : array_like of uint64, or Faces
         ZYX fragment ids of the whole volume: numpy, or a chunked (zarr) array read one chunk
-        at a time (:func:`~neuropipe.ops.grid.read_chunkwise`).
+        at a time (:func:`~neuropipe.ops.grid.read_chunkwise`); or its block faces alone.
 
     Returns
     -------
@@ -335,6 +430,9 @@ def plane_reader(fragments):
         ``read_plane(axis, index, box)``: plane ``index`` normal to ``axis``, inside ``box``
         (the other two axes' ranges).
     """
+    if isinstance(fragments, Faces):
+        return fragments.read_plane
+
     def read_plane(axis, index, box):
         box = list(box)
         box.insert(axis, (index, index + 1))
@@ -350,15 +448,16 @@ def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxe
     The in-memory reference of what the blockwise tables do through the store; used to test
     them and to benchmark.
     """
-    fragments = np.zeros(mask.shape, np.uint64)
+    fragments, faces = np.zeros(mask.shape, np.uint64), {}
     described = []
     for linear, (_, core) in enumerate(block_grid(mask.shape, block)):
-        ids, part = block_fragments(mask[slices(core)], linear, connectivity=connectivity, voxel_size=voxel_size,
-                                    origin=[start for start, _ in core], volume_shape=mask.shape)
-        fragments[slices(core)] = ids
+        labels, part = block_fragments(mask[slices(core)], linear, connectivity=connectivity, voxel_size=voxel_size,
+                                       origin=[start for start, _ in core], volume_shape=mask.shape)
+        fragments[slices(core)] = fragment_ids(labels, linear)
+        paste(faces, face_pieces(labels, core, mask.shape, block, block_index=linear))
         described.append(part)
     planar = voxel_size is not None and thick_sections(voxel_size)
-    pairs = stitch_pairs(plane_reader(fragments), mask.shape, block, connectivity, planar)
+    pairs = stitch_pairs(plane_reader(Faces(faces, mask.shape, block)), mask.shape, block, connectivity, planar)
     ids = np.concatenate([part["ids"] for part in described])
     roots = merge_fragments(ids, pairs)
     labels, _ = number_components(roots, np.concatenate([part["first_voxels"] for part in described]),
@@ -367,12 +466,16 @@ def stitched_components(mask: np.ndarray, block, *, connectivity: int = 26, voxe
     return relabel(fragments, ids, labels)
 
 
-def relabel(fragments: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def relabel(fragments: np.ndarray, ids: np.ndarray, labels: np.ndarray, block_index: int | None = None) -> np.ndarray:
     """Replace each piece id in ``fragments`` by its label (ids not listed become 0); uint32.
 
     A volume is relabelled plane by plane, so this needs the output and a plane's worth of
-    int64 indices.
+    int64 indices.  ``block_index``: ``fragments`` are one block's labels (:func:`block_fragments`),
+    or its :func:`fragment_ids`, looked up by their label in the block (a table as long as the
+    block has labels; some 15 times faster than searching the sorted ids).
     """
+    if block_index is not None:
+        return _relabel_block(fragments, ids, labels, block_index)
     order = np.argsort(ids)
     sorted_ids = ids[order]
     lookup = np.concatenate([[0], labels[order]]).astype(np.uint32)
@@ -388,4 +491,24 @@ def relabel(fragments: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> np.nd
     out = np.empty(fragments.shape, np.uint32)
     for z in range(fragments.shape[0]):
         out[z] = relabelled(fragments[z])
+    return out
+
+
+def _relabel_block(fragments: np.ndarray, ids: np.ndarray, labels: np.ndarray, block_index: int) -> np.ndarray:
+    """:func:`relabel` one block's labels (or fragment ids) through a table indexed by their label in the block."""
+    low = np.uint64((1 << BLOCK_ID_SHIFT) - 1)
+    mine = (np.asarray(ids, np.uint64) >> np.uint64(BLOCK_ID_SHIFT)) == np.uint64(block_index + 1)
+    local = (ids[mine] & low).astype(np.int64)
+    out = np.empty(fragments.shape, np.uint32)
+    if fragments.dtype == np.uint32:  # the labels the block keeps: each looked up directly
+        table = np.zeros(max(int(fragments.max(initial=0)), int(local.max(initial=0))) + 1, np.uint32)
+        table[local] = labels[mine]  # 0 for labels not listed
+        for z in range(fragments.shape[0]):
+            np.take(table, fragments[z], out=out[z])
+        return out
+    table = np.zeros(int(local.max(initial=0)) + 2, np.uint32)  # fragment ids: those past its end not listed
+    table[local] = labels[mine]
+    for z in range(fragments.shape[0]):
+        index = (fragments[z] & low).astype(np.int64)
+        out[z] = table[np.minimum(index, len(table) - 1, out=index)]
     return out

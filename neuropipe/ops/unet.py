@@ -1,4 +1,4 @@
-"""Membrane segmentation with a small 2-D U-Net: training, tiled prediction, storage.
+"""Membrane segmentation with a small 2-D U-Net: training, tiled prediction (whole or block by block), storage.
 
 Z slices of a ZYX stack are treated as independent 2-D images.  The trained
 network is wrapped in :class:`MembraneModel`, which carries the intensity
@@ -37,8 +37,9 @@ from ._validate import (
     check_positive_int,
     check_same_shape,
 )
+from .grid import Box, Piece, slices
 
-__all__ = ["UNet2d", "MembraneModel", "train_membrane", "predict_membrane"]
+__all__ = ["UNet2d", "MembraneModel", "MembraneTiling", "train_membrane", "predict_membrane", "predict_membrane_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -531,6 +532,7 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
         ``volume`` are computed, so a block read with a halo of ``min(tile, height) - 1``
         pixels (and the model's ``context`` slices along z) predicts its core exactly as the
         whole volume would.  Pixels that no such tile covers are NaN.
+        :func:`predict_membrane_block` does the same computing each tile of a map once.
     slice_stats : tuple of two arrays, optional
         Intensity mean and standard deviation of each whole slice, for a model trained with
         ``normalise='slice'`` applied to a block of the slices.
@@ -551,17 +553,31 @@ def predict_membrane(model, volume, *, device=None, tile=256, overlap=32, batch_
     volume = as_volume(volume, "volume", allow_bool=False)
     tile = check_positive_int("tile", tile)
     batch_size = check_positive_int("batch_size", batch_size)
-    if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be an integer in [0, tile={tile}); got {overlap!r}")
+    overlap = _check_overlap(overlap, tile)
     device = _resolve_device(device)
     precision = _resolve_precision(precision, device)
     net = model.network.to(device=device, memory_format=torch.channels_last).eval()
     per_slice = model.hyperparameters.get("normalise") == "slice"
     volume = _normalise(volume, model.mean, model.std, per_slice, slice_stats if per_slice else None)
-    ny, nx = volume.shape[1:]
-    frame = (0, 0, ny, nx) if frame is None else tuple(int(v) for v in frame)
-    return _predict_tiles(net, model, volume, device=device, tile=tile, overlap=overlap, batch_size=batch_size,
-                          precision=precision, augment=bool(augment), frame=frame)
+    nz, ny, nx = volume.shape
+    y0, x0, height, width = (0, 0, ny, nx) if frame is None else tuple(int(v) for v in frame)
+    th, tw = min(tile, height), min(tile, width)
+    ys = _tiles_inside(y0, ny, height, th, max(1, th - overlap))
+    xs = _tiles_inside(x0, nx, width, tw, max(1, tw - overlap))
+    weight = _tile_weight(th, tw, overlap)
+    norm = _weight_sums(((0, ny), (0, nx)), ys, xs, weight)
+    probability = np.empty(volume.shape, np.float32)
+    for z, sums in _tile_sums(net, model, volume, range(nz), ys, xs, weight, device=device, batch_size=batch_size,
+                              precision=precision, augment=bool(augment)):
+        _blend(sums, norm, out=probability[z])
+    return probability
+
+
+def _check_overlap(overlap, tile):
+    """Refuse an overlap that is not an integer in [0, tile); return it."""
+    if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be an integer in [0, tile={tile}); got {overlap!r}")
+    return overlap
 
 
 def _dihedral(tiles, k, inverse=False):
@@ -579,24 +595,74 @@ def _tiles_inside(start: int, size: int, whole: int, tile: int, step: int) -> li
     return [first - start for first in starts if start <= first and first + tile <= start + size]
 
 
-def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, precision, augment, frame):
-    """Blend the network's predictions over overlapping tiles of every slice (each tile's 8 views with ``augment``)."""
-    nz, ny, nx = volume.shape
-    y0, x0, height, width = frame
-    context = model.context
-    th, tw = min(tile, height), min(tile, width)
-    weight = np.outer(_window_1d(th, overlap), _window_1d(tw, overlap))
-    jobs = [(z, y, x) for z in range(nz)
-            for y in _tiles_inside(y0, ny, height, th, max(1, th - overlap))
-            for x in _tiles_inside(x0, nx, width, tw, max(1, tw - overlap))]
-    total = np.zeros(volume.shape, np.float32)
-    norm = np.zeros(volume.shape[1:], np.float32)  # the tiles lie alike on every slice: one plane of weights
+def _tile_weight(th, tw, overlap):
+    """Return a tile's blending weights (float32): the outer product of the two ramps."""
+    return np.outer(_window_1d(th, overlap), _window_1d(tw, overlap))
+
+
+def _weight_sums(box, ys, xs, weight):
+    """Return the summed weights (float64) over ``box`` ((y0, y1), (x0, x1)) of the tiles at ``ys`` x ``xs``.
+
+    Tiles are added in raster order, as :func:`_tile_sums` adds their predictions, so any
+    part of a slice sums its weights exactly as the whole slice does.
+    """
+    (y0, y1), (x0, x1) = box
+    th, tw = weight.shape
+    norm = np.zeros((y1 - y0, x1 - x0))
+    for y in ys:
+        for x in xs:
+            rows, cols = slice(max(y, y0), min(y + th, y1)), slice(max(x, x0), min(x + tw, x1))
+            if rows.start < rows.stop and cols.start < cols.stop:
+                norm[rows.start - y0:rows.stop - y0, cols.start - x0:cols.stop - x0] += \
+                    weight[rows.start - y:rows.stop - y, cols.start - x:cols.stop - x]
+    return norm
+
+
+def _blend(sums, norm, out=None):
+    """Return the blended probability (float32, clipped to [0, 1]; NaN where no tile weighs) of summed predictions.
+
+    With ``out`` (float32), the probability is written there and ``sums`` is overwritten.
+    """
+    if out is None:
+        sums = sums / norm
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.divide(sums, norm, out=sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.clip(sums, 0.0, 1.0, out=sums)
+    if out is None:
+        return sums.astype(np.float32)
+    out[...] = sums
+    return out
+
+
+def _tile_sums(net, model, volume, planes, ys, xs, weight, *, device, batch_size, precision, augment):
+    """Yield ``(z, sums)`` for each of ``planes``: the weighted predictions of the tiles at ``ys`` x ``xs``, summed.
+
+    ``sums`` is float64 over the volume's y-x extent; each tile's prediction times its weight
+    (float32) is added in raster order of the tiles, so a pixel's sum does not depend on
+    which tiles were computed together or in which block: float64 holds the few float32
+    terms of a pixel exactly, whatever their grouping (up to a range of 2**27 between them).
+    The network always sees whole batches (the last one padded with copies of its last
+    tile): the CPU kernels for a smaller batch round differently, in the last bit.  Planes
+    are summed and handed over one at a time, in order.
+    """
+    nz = volume.shape[0]
+    th, tw = weight.shape
+    jobs = [(z, y, x) for z in planes for y in ys for x in xs]
+    per_plane = len(ys) * len(xs)
+    if not per_plane:
+        for z in planes:
+            yield z, np.zeros(volume.shape[1:])
+        return
     views = range(8) if augment else range(1)
+    sums, added, spare = {}, {}, []  # spare: planes handed over and done with, to sum the next ones in
     with torch.inference_mode(), _autocast(device, precision):
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i:i + batch_size]
-            xb = np.stack([volume[_context(z, nz, context), y:y + th, x:x + tw] for z, y, x in chunk])
-            prob = np.zeros((len(chunk), th, tw), np.float32)
+            padded = chunk + chunk[-1:] * (batch_size - len(chunk))  # always whole batches: see above
+            xb = np.stack([volume[_context(z, nz, model.context), y:y + th, x:x + tw] for z, y, x in padded])
+            prob = np.zeros((len(padded), th, tw), np.float32)
             for k in views:
                 view = np.ascontiguousarray(_dihedral(xb, k))
                 xt = pad_to_multiple(torch.from_numpy(view).to(device), 2**net.depth)
@@ -605,9 +671,260 @@ def _predict_tiles(net, model, volume, *, device, tile, overlap, batch_size, pre
                 prob += _dihedral(out.float().cpu().numpy(), k, inverse=True)
             prob /= len(views)
             for (z, y, x), p in zip(chunk, prob):
-                total[z, y:y + th, x:x + tw] += p * weight
-                if z == 0:
-                    norm[y:y + th, x:x + tw] += weight
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total /= norm
-    return np.clip(total, 0.0, 1.0, out=total)
+                if z not in sums:
+                    sums[z], added[z] = spare.pop() if spare else np.empty(volume.shape[1:]), 0
+                    sums[z].fill(0.0)
+                sums[z][y:y + th, x:x + tw] += np.multiply(p, weight, out=p)
+                added[z] += 1
+                if added[z] == per_plane:
+                    del added[z]
+                    done = sums.pop(z)
+                    yield z, done
+                    spare.append(done)
+
+
+class _Axis:
+    """The tiles of whole slices along one axis and the faces of the blocks across it.
+
+    Parameters
+    ----------
+    size : int
+        The slices' extent along the axis.
+    tile, overlap : int
+        As :func:`predict_membrane` takes them (the tile clipped to ``size``).
+    block : int
+        The blocks' extent along the axis.
+    """
+
+    def __init__(self, size, tile, overlap, block):
+        self.size, self.block = int(size), int(block)
+        self.tile = min(int(tile), self.size)
+        self.starts = tuple(_tile_starts(self.size, self.tile, max(1, self.tile - overlap)))
+        self.edges = (*range(0, self.size, self.block), self.size)
+        inner = self.edges[1:-1]
+        self.seamed = all(sum(s < face < s + self.tile for face in inner) <= 1 for s in self.starts)
+
+    def covering(self, start, stop):
+        """Return the starts of the tiles that overlap ``[start, stop)``."""
+        return [s for s in self.starts if s < stop and s + self.tile > start]
+
+    def owned(self, start):
+        """Return the starts of the tiles that start in the block beginning at ``start``."""
+        return [s for s in self.starts if start <= s < start + self.block]
+
+    def reach(self, start):
+        """Return where the tiles of the block beginning at ``start`` end (at least where the block does)."""
+        return max([min(start + self.block, self.size)] + [s + self.tile for s in self.owned(start)])
+
+    def lead(self, start):
+        """Return the end of the seam at ``start``: what tiles of earlier blocks cover (``start`` itself where none)."""
+        return max([start] + [s + self.tile for s in self.starts if s < start])
+
+    @property
+    def band(self):
+        """The widest seam: how far tiles reach across a face (0 where none crosses one)."""
+        return max(self.lead(start) - start for start in self.edges[:-1])
+
+
+class MembraneTiling:
+    """Where the tiles of whole slices fall on the blocks of a membrane map (pure geometry).
+
+    Every pixel of a map is the weighted blend of the tiles that cover it, laid out on the
+    whole slice (:func:`predict_membrane`).  A block computes the tiles that *start* in its
+    core, so each tile is computed once.  A tile that reaches across a block face leaves a
+    *seam* in the next block: the rows (or columns) from the face to where the tile ends
+    (at least ``overlap`` wide; exactly that where the blocks are multiples of the tile step,
+    ``tile - overlap``), whose pixels blend tiles of both blocks.  Each block keeps its tiles'
+    summed predictions over its seams and over the seams it reaches into (:meth:`pieces`),
+    and :meth:`fill` blends them once every block is done.  Where a tile would cross two
+    faces (blocks narrower than a tile), each block computes every tile over its core
+    instead, and there are no seams.
+
+    Parameters
+    ----------
+    volume_shape, block_shape : tuple of int
+        ZYX extents of the volume and of its blocks.
+    tile, overlap : int
+        As :func:`predict_membrane` takes them.
+    context : int, optional
+        The model's neighbouring slices on each side (read around each block along z).
+    """
+
+    PIECES = ("seams_y", "seams_x")
+
+    def __init__(self, volume_shape, block_shape, *, tile, overlap, context=0):
+        self.shape, self.block = tuple(int(v) for v in volume_shape), tuple(int(v) for v in block_shape)
+        self.overlap, self.context = int(overlap), int(context)
+        self.axes = tuple(_Axis(size, tile, overlap, block) for size, block in zip(self.shape[1:], self.block[1:]))
+        self.seamed = all(axis.seamed for axis in self.axes)
+        self.bands = tuple(axis.band if self.seamed else 0 for axis in self.axes)
+        self.weight = _tile_weight(self.axes[0].tile, self.axes[1].tile, self.overlap)
+
+    def tiles(self, core: Box) -> tuple:
+        """Return the starts (y, x; whole slice) of the tiles the block of ``core`` computes."""
+        if self.seamed:
+            return tuple(axis.owned(start) for axis, (start, _) in zip(self.axes, core[1:]))
+        return tuple(axis.covering(start, stop) for axis, (start, stop) in zip(self.axes, core[1:]))
+
+    def read_box(self, core: Box) -> Box:
+        """Return the box the block of ``core`` reads: its tiles and core, and the context slices along z."""
+        (z0, z1) = core[0]
+        extents = []
+        for axis, (start, stop), starts in zip(self.axes, core[1:], self.tiles(core)):
+            extents.append((min([start, *starts]), max([stop, *(s + axis.tile for s in starts)])))
+        return ((max(0, z0 - self.context), min(self.shape[0], z1 + self.context)), *extents)
+
+    def leads(self, core: Box) -> tuple:
+        """Return where the seams of ``core`` end, y and x (its start along an axis without one)."""
+        if not self.seamed:
+            return tuple(start for start, _ in core[1:])
+        return tuple(axis.lead(start) for axis, (start, _) in zip(self.axes, core[1:]))
+
+    def norm(self, box) -> np.ndarray:
+        """Return the summed blending weights of the whole slice's tiles over ``box`` ((y0, y1), (x0, x1))."""
+        return _weight_sums(box, *(axis.covering(start, stop) for axis, (start, stop) in zip(self.axes, box)),
+                            self.weight)
+
+    def has_seams(self, core: Box) -> bool:
+        """Return True where tiles of earlier blocks reach into ``core``."""
+        return any(lead > start for lead, (start, _) in zip(self.leads(core), core[1:]))
+
+    def _slots(self, core: Box) -> tuple:
+        """Return the block's grid coordinates (y, x) and the strides of its slots (rows of seams_y, of seams_x)."""
+        index = tuple(start // block for (start, _), block in zip(core[1:], self.block[1:]))
+        return index, self.block[2] + self.bands[1], self.block[1] + self.bands[0]
+
+    def pieces(self, core: Box, sums_y, sums_x) -> list:
+        """Return the seam sums a block keeps, as :class:`~neuropipe.ops.grid.Piece` s of two arrays.
+
+        ``seams_y`` holds, per block, its tiles' sums over the rows of its own seam and of
+        the seam it reaches into below (``2 * band`` rows, over its read columns);
+        ``seams_x`` the same for columns.  ``sums_y`` and ``sums_x`` are those slots, as
+        :func:`predict_membrane_block` fills them; one chunk per block.
+        """
+        (i, j), width, height = self._slots(core)
+        (wy, wx), (z0, z1) = self.bands, core[0]
+        (ny, nx) = (len(axis.edges) - 1 for axis in self.axes)
+        found = []
+        if wy:
+            found.append(Piece("seams_y", (self.shape[0], ny * 2 * wy, nx * width), (self.block[0], 2 * wy, width),
+                               ((z0, z1), (i * 2 * wy, (i + 1) * 2 * wy), (j * width, j * width + sums_y.shape[2])),
+                               sums_y))
+        if wx:
+            found.append(Piece("seams_x", (self.shape[0], ny * height, nx * 2 * wx), (self.block[0], height, 2 * wx),
+                               ((z0, z1), (i * height, i * height + sums_x.shape[1]), (j * 2 * wx, (j + 1) * 2 * wx)),
+                               sums_x))
+        return found
+
+    def fill(self, probability: np.ndarray, core: Box, read) -> float:
+        """Blend the seams of a block from the sums its blocks kept; fill them in ``probability``, in place.
+
+        Parameters
+        ----------
+        probability : ndarray of float32
+            The map over ``core`` (NaN on the seams until filled).
+        core : Box
+            The block's core.
+        read : callable
+            ``read(name, box)`` returns the pieces array ``name`` (``seams_y``, ``seams_x``)
+            inside ``box``.
+
+        Returns
+        -------
+        float
+            The sum of the probabilities filled in.
+        """
+        (z0, z1), (top, bottom), (left, right) = core
+        (lead_y, lead_x), (wy, wx) = self.leads(core), self.bands
+        (i, j), width, height = self._slots(core)
+        planes, filled = (z0, z1), 0.0
+        if lead_y > top:  # the rows that tiles of the blocks above reach: own, above, left, above-left
+            rows, cols, seam = lead_y - top, right - left, lead_x - left
+            sums = read("seams_y", (planes, (i * 2 * wy, i * 2 * wy + rows), (j * width, j * width + cols)))
+            below = (i - 1) * 2 * wy + wy  # where the block above keeps the rows it reaches into
+            sums += read("seams_y", (planes, (below, below + rows), (j * width, j * width + cols)))
+            if seam > 0:
+                right_of = (j - 1) * 2 * wx + wx
+                sums[:, :, :seam] += read("seams_x", (planes, (i * height, i * height + rows),
+                                                      (right_of, right_of + seam)))
+                corner = (j - 1) * width + self.block[2]
+                sums[:, :, :seam] += read("seams_y", (planes, (below, below + rows), (corner, corner + seam)))
+            probability[:, :rows] = _blend(sums, self.norm(((top, lead_y), (left, right))))
+            filled += float(probability[:, :rows].sum(dtype=np.float64))
+        if lead_x > left and bottom > lead_y:  # the columns below those that tiles of the block left reach
+            skip, rows, seam = lead_y - top, bottom - lead_y, lead_x - left
+            below_seam = (i * height + skip, i * height + skip + rows)
+            sums = read("seams_x", (planes, below_seam, (j * 2 * wx, j * 2 * wx + seam)))
+            right_of = (j - 1) * 2 * wx + wx
+            sums += read("seams_x", (planes, below_seam, (right_of, right_of + seam)))
+            probability[:, skip:, :seam] = _blend(sums, self.norm(((lead_y, bottom), (left, lead_x))))
+            filled += float(probability[:, skip:, :seam].sum(dtype=np.float64))
+        return filled
+
+
+def predict_membrane_block(model, image, *, read, core, volume_shape, block_shape, device=None, tile=256, overlap=32,
+                           batch_size=4, augment=False, precision="auto", slice_stats=None):
+    """Predict one block of a volume's membrane map exactly as :func:`predict_membrane` predicts the whole.
+
+    The block computes the tiles of the whole slices that start in its core
+    (:class:`MembraneTiling`), each tile once in the whole map; the pixels that tiles of
+    earlier blocks also cover (the block's seams) are left NaN, and the sums the block's
+    tiles add to its own seams and to those of the blocks it reaches into are returned as
+    pieces, for :meth:`MembraneTiling.fill` to blend once all blocks are done.
+
+    Parameters
+    ----------
+    model : MembraneModel
+    image : array_like of shape (Z, Y, X)
+        The volume inside ``read`` (:meth:`MembraneTiling.read_box` of ``core``, or more).
+    read, core : Box
+        The block's read box and core, ZYX volume voxels, half-open.
+    volume_shape, block_shape : tuple of int
+        ZYX extents of the volume and of its blocks.
+    device, tile, overlap, batch_size, augment, precision, slice_stats
+        As for :func:`predict_membrane`; ``slice_stats`` for the slices inside ``read``.
+
+    Returns
+    -------
+    probability : ndarray of float32, the core's shape
+        Membrane probability, NaN on the block's seams.
+    pieces : list of Piece
+        The seam sums to store (none where the blocks have no seams).
+    """
+    if not isinstance(model, MembraneModel):
+        raise ValueError(f"model must be a MembraneModel; got {type(model).__name__}")
+    image = as_volume(image, "image", allow_bool=False)
+    tiling = MembraneTiling(volume_shape, block_shape, tile=check_positive_int("tile", tile),
+                            overlap=_check_overlap(overlap, tile), context=model.context)
+    batch_size = check_positive_int("batch_size", batch_size)
+    device = _resolve_device(device)
+    precision = _resolve_precision(precision, device)
+    net = model.network.to(device=device, memory_format=torch.channels_last).eval()
+    per_slice = model.hyperparameters.get("normalise") == "slice"
+    volume = _normalise(image, model.mean, model.std, per_slice, slice_stats if per_slice else None)
+    origin = [start for start, _ in read]
+    ys, xs = ([s - first for s in starts] for starts, first in zip(tiling.tiles(core), origin[1:]))
+    inside = slices(core, read)
+    (lead_y, lead_x), (wy, wx) = tiling.leads(core), tiling.bands
+    (top, bottom), (left, right) = core[1:]
+    reach_y, reach_x = (axis.reach(start) for axis, (start, _) in zip(tiling.axes, core[1:]))
+    rows = (top - origin[1], reach_y - origin[1])  # the block's tiles and core, in the read box
+    cols = (left - origin[2], reach_x - origin[2])
+    norm = tiling.norm(core[1:])
+    probability = np.empty(tuple(stop - start for start, stop in core), np.float32)
+    depth = core[0][1] - core[0][0]
+    sums_y = np.zeros((depth, 2 * wy, cols[1] - cols[0])) if wy else None
+    sums_x = np.zeros((depth, rows[1] - rows[0], 2 * wx)) if wx else None
+    for z, sums in _tile_sums(net, model, volume, range(inside[0].start, inside[0].stop), ys, xs, tiling.weight,
+                              device=device, batch_size=batch_size, precision=precision, augment=bool(augment)):
+        plane = z - inside[0].start
+        if wy:
+            sums_y[plane, :lead_y - top] = sums[rows[0]:rows[0] + lead_y - top, cols[0]:cols[1]]
+            sums_y[plane, wy:wy + reach_y - bottom] = sums[rows[0] + bottom - top:rows[1], cols[0]:cols[1]]
+        if wx:
+            sums_x[plane, :, :lead_x - left] = sums[rows[0]:rows[1], cols[0]:cols[0] + lead_x - left]
+            sums_x[plane, :, wx:wx + reach_x - right] = sums[rows[0]:rows[1], cols[0] + right - left:cols[1]]
+        _blend(sums[inside[1:]], norm, out=probability[plane])
+        probability[plane, :lead_y - top] = np.nan
+        probability[plane, :, :lead_x - left] = np.nan
+    return probability, tiling.pieces(core, sums_y, sums_x)

@@ -62,22 +62,30 @@ def test_owned_cells_keep_the_strongest_and_count_voxels_over_all_blocks():
     assert len(empty["ids"]) == len(empty["centroids"]) == len(empty["voxel_counts"]) == 0
 
 
-def test_cells_are_assembled_alike_from_a_zarr_array_of_fragments_as_the_tables_store_it(membrane):
+def test_cells_are_assembled_alike_from_zarr_arrays_of_labels_and_faces_as_the_tables_store_them(membrane):
     params = {"method": "components", "threshold": 0.5, "min_voxels": 4}
     block = (5, 8, 9)
     shape = membrane.shape
-    fragments = zarr.create_array(store={}, shape=shape, chunks=block, dtype="uint64", fill_value=0)
-    findings = []
+    labels = zarr.create_array(store={}, shape=shape, chunks=block, dtype="uint32", fill_value=0)
+    faces, findings = {}, []
     for linear, (_, core) in enumerate(block_grid(shape, block)):
         ids, found = ops.detect_in_block(membrane[slices(core)], read=core, core=core, linear=linear,
                                          volume_shape=shape, voxel_size=None, params=params)
-        fragments[slices(core)] = ids
+        labels[slices(core)] = ids
+        for piece in stitch.face_pieces(ids, core, shape, block, block_index=linear):
+            if piece.name not in faces:
+                faces[piece.name] = zarr.create_array(store={}, shape=piece.shape, chunks=piece.chunks,
+                                                      dtype="uint64", fill_value=0)
+            faces[piece.name][slices(piece.box)] = piece.data
         stored = {name: np.asarray(found[name]).ravel() for name in PIECE_SHAPES}  # blobs as a table keeps them
         findings.append({**stored, "owned": found["owned"].ravel()})
-    cells = ops.assemble_cells(findings, fragments, fragments.chunks, voxel_size=None, params=params)
+    cells = ops.assemble_cells(findings, stitch.Faces(faces, shape, block), block, voxel_size=None, params=params)
     _, expected = ops.detect_blockwise(membrane, block, **params)
-    np.testing.assert_array_equal(stitch.relabel(np.asarray(fragments), cells["ids"], cells["labels"]),
-                                  ops.detect_cells(1.0 - membrane.astype(np.float64), **params).labels)
+    relabelled = np.zeros(shape, np.uint32)
+    for linear, (_, core) in enumerate(block_grid(shape, block)):
+        relabelled[slices(core)] = stitch.relabel(np.asarray(labels[slices(core)]), cells["ids"], cells["labels"],
+                                                  block_index=linear)
+    np.testing.assert_array_equal(relabelled, ops.detect_cells(1.0 - membrane.astype(np.float64), **params).labels)
     for name in ("centroids", "scores", "voxel_counts"):
         np.testing.assert_allclose(cells[name], expected[name])
 

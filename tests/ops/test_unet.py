@@ -226,26 +226,67 @@ def test_isbi_2012_held_out_pixel_error_meets_the_floor(isbi_path):
     assert error <= 0.08, error  # a raw intensity threshold: 0.189
 
 
-@pytest.mark.parametrize("normalise, context, augment", [("stack", 0, False), ("slice", 1, True)])
-def test_blocks_read_with_a_tile_of_halo_predict_what_the_whole_volume_does(normalise, context, augment):
-    from neuropipe.ops.grid import block_grid, grow, slices
+def predict_blockwise(model, image, block, **options):
+    """Predict ``image`` block by block as the tables do; return the map, its seams (before filling), tiles run."""
+    from neuropipe.ops.grid import block_grid, paste, slices
+    from neuropipe.ops.unet import MembraneTiling, predict_membrane_block
 
+    tiling = MembraneTiling(image.shape, block, tile=options["tile"], overlap=options["overlap"],
+                            context=model.context)
+    means, stds = image.mean(axis=(1, 2)), image.std(axis=(1, 2))
+    stitched, pieces, tiles = np.zeros(image.shape, np.float32), {}, 0
+    for _, core in block_grid(image.shape, block):
+        read = tiling.read_box(core)
+        (z0, z1) = read[0]
+        part, kept = predict_membrane_block(model, image[slices(read)], read=read, core=core, volume_shape=image.shape,
+                                            block_shape=block, slice_stats=(means[z0:z1], stds[z0:z1]), **options)
+        stitched[slices(core)] = part
+        paste(pieces, kept)
+        ys, xs = tiling.tiles(core)
+        tiles += len(ys) * len(xs) * (core[0][1] - core[0][0])
+    seams = np.isnan(stitched)
+    for _, core in block_grid(image.shape, block):
+        values = stitched[slices(core)]
+        tiling.fill(values, core, lambda name, box: pieces[name][slices(box)].copy())
+    return stitched, seams, tiles, tiling
+
+
+@pytest.mark.parametrize("normalise, context, augment", [("stack", 0, False), ("slice", 1, True)])
+def test_blocks_that_compute_the_tiles_starting_in_them_predict_what_the_whole_volume_does(normalise, context,
+                                                                                            augment):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (9, 70, 90)).astype(np.uint8)
     model = train_membrane(image, rng.random(image.shape) > 0.7, iterations=2, width=4, depth=2, crop=32,
                            batch_size=2, precision="float32", context=context, normalise=normalise, progress=False)
     options = dict(tile=32, overlap=8, precision="float32", augment=augment, batch_size=3)
     whole = predict_membrane(model, image, **options)
-    means, stds = image.mean(axis=(1, 2)), image.std(axis=(1, 2))
-    for block in [(4, 30, 40), (3, 17, 64), (9, 70, 90)]:  # none but the last divides the volume
-        stitched = np.full(image.shape, np.nan, np.float32)
-        for _, core in block_grid(image.shape, block):
-            read = grow(core, (context, 31, 31), image.shape)
-            (z0, z1), (y0, _), (x0, _) = read
-            part = predict_membrane(model, image[slices(read)], frame=(y0, x0, 70, 90),
-                                    slice_stats=(means[z0:z1], stds[z0:z1]), **options)
-            stitched[slices(core)] = part[slices(core, read)]
-        np.testing.assert_allclose(stitched, whole, rtol=0, atol=1e-6, err_msg=str(block))
+    tiles_per_slice = 3 * 4  # y tiles at 0, 24, 38; x at 0, 24, 48, 58
+    # seams (none divides the volume), blocks a tile crosses two faces of (no seams), one block, seams again
+    for block, seamed in [((4, 30, 40), True), ((3, 17, 64), False), ((9, 70, 90), True), ((4, 24, 24), True)]:
+        stitched, seams, tiles, tiling = predict_blockwise(model, image, block, **options)
+        np.testing.assert_array_equal(stitched, whole, err_msg=str(block))  # bit for bit
+        assert tiling.seamed == seamed
+        if seamed:
+            assert tiles == tiles_per_slice * image.shape[0]  # every tile once
+            assert seams.any() == (block != image.shape)
+        else:
+            assert tiles > tiles_per_slice * image.shape[0] and not seams.any()
+
+
+def test_seams_are_the_overlap_where_blocks_are_multiples_of_the_tile_step():
+    from neuropipe.ops.unet import MembraneTiling
+
+    # tiles every 224 pixels: blocks of 224 along x take the overlap as their seams; along y, 256 do not
+    tiling = MembraneTiling((8, 1024, 928), (8, 256, 224), tile=256, overlap=32)
+    assert tiling.seamed and tiling.bands == (480 - 256, 32)  # the tile at 224 reaches 480
+    core = ((0, 8), (256, 512), (224, 448))
+    assert tiling.tiles(core) == ([448], [224])
+    assert tiling.read_box(core) == ((0, 8), (256, 704), (224, 480))
+    assert tiling.leads(core) == (480, 256)
+    narrow = MembraneTiling((8, 1024, 1024), (8, 100, 1024), tile=256, overlap=32)
+    assert not narrow.seamed and narrow.bands == (0, 0)
+    assert narrow.tiles(((0, 8), (100, 200), (0, 1024)))[0] == [0]  # the tile over the block, computed again
+    assert narrow.read_box(((0, 8), (100, 200), (0, 1024)))[1] == (0, 256)
 
 
 def test_the_default_holds_out_two_slices_only_where_the_stack_is_large_enough():
