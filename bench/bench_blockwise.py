@@ -16,7 +16,12 @@ by ``neuropipe worker`` processes on the local PostgreSQL server (127.0.0.1:5432
   in a fresh process (no read, write or database), a stricter yardstick;
 - ``volume_over_working_set``: the bytes of the volume's float32 map over that working set;
 - MVx/s of the blockwise steps (volume voxels over the summed ``seconds`` of their block rows)
-  against the whole-volume kernels (``predict_membrane``, ``detect_cells``) on the same volume;
+  against the whole-volume kernels (``predict_membrane``, ``detect_cells``) on the same volume,
+  timed before the blocks and after them;
+- ``ratios``: each stage's rate over the whole-volume kernel's, the stage being its blocks'
+  compute plus its assembling job (``MembraneMap``, ``CellDetection``) whole:
+  ``membrane_blockwise_over_whole`` and ``components_stages_over_detect_cells``; ``..._cpu`` the
+  same in CPU seconds from the jobs' provenance (the blocks' reads and writes included);
 - per block: compute seconds against bookkeeping (the job's duration less its compute: claim
   aside, that is the read, the write and the commit);
 - ``blockwise_equals_whole``: the map within 1e-6 and the component labels identical.
