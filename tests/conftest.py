@@ -63,6 +63,29 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+@pytest.fixture
+def bare_environment(monkeypatch):
+    """No variable neuropipe reads its settings from is set (nor AWS's store fallbacks) for the test."""
+    from neuropipe.config import _ENVIRONMENT
+
+    for variable in (*_ENVIRONMENT, "NEUROPIPE_CONFIG", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                     "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """Write ``dj_local_conf.json`` with the given keys into the test's folder: ``config_file(**values)``, its path."""
+    import json
+
+    def write(**values) -> Path:
+        path = tmp_path / "dj_local_conf.json"
+        path.write_text(json.dumps(values))
+        return path
+
+    return write
+
+
 @pytest.fixture(scope="session")
 def neuropipe_home():
     """A private neuropipe data directory (embedded server, samples) for the test session.

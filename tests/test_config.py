@@ -1,31 +1,19 @@
 """Configuration: the checked-in file, overridden by environment variables."""
 
-import json
 
 import pytest
 
 from neuropipe.config import find_config_file, load_settings
 from neuropipe.errors import ConfigurationError
 
-ENVIRONMENT = ("DJ_HOST", "DJ_PORT", "DJ_USER", "DJ_PASS", "DJ_BACKEND", "NEUROPIPE_CONFIG",
-               "NEUROPIPE_SCHEMA_PREFIX", "NEUROPIPE_STORE", "NEUROPIPE_BOSS_HOST", "NEUROPIPE_BOSS_PROTOCOL",
-               "NEUROPIPE_BOSS_TOKEN")
-
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    for variable in ENVIRONMENT:
-        monkeypatch.delenv(variable, raising=False)
+def clean_environment(bare_environment):
+    """Every test here starts from no configuring variable set."""
 
 
-def write_config(folder, **values):
-    path = folder / "dj_local_conf.json"
-    path.write_text(json.dumps(values))
-    return path
-
-
-def test_file_values_are_read(tmp_path):
-    path = write_config(tmp_path, **{"database.host": "db.lab", "database.port": 3307, "database.backend": "mysql",
+def test_file_values_are_read(tmp_path, config_file):
+    path = config_file(**{"database.host": "db.lab", "database.port": 3307, "database.backend": "mysql",
                                      "neuropipe.schema_prefix": "lab_", "neuropipe.store": "arrays"})
     settings = load_settings(path)
     assert (settings.host, settings.port, settings.backend, settings.schema_prefix) == ("db.lab", 3307, "mysql", "lab_")
@@ -33,8 +21,8 @@ def test_file_values_are_read(tmp_path):
     assert not settings.embedded
 
 
-def test_environment_overrides_the_file(tmp_path, monkeypatch):
-    path = write_config(tmp_path, **{"database.host": "db.lab", "database.backend": "mysql"})
+def test_environment_overrides_the_file(tmp_path, monkeypatch, config_file):
+    path = config_file(**{"database.host": "db.lab", "database.backend": "mysql"})
     monkeypatch.setenv("DJ_HOST", "other:5544")
     monkeypatch.setenv("DJ_BACKEND", "postgresql")
     monkeypatch.setenv("DJ_PASS", "secret")
@@ -43,12 +31,12 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
     assert found == ("other", 5544, "postgresql", "secret")
 
 
-def test_no_host_means_embedded(tmp_path):
-    assert load_settings(write_config(tmp_path, **{"database.host": None})).embedded
+def test_no_host_means_embedded(tmp_path, config_file):
+    assert load_settings(config_file(**{"database.host": None})).embedded
 
 
-def test_file_is_found_in_a_parent_folder(tmp_path, monkeypatch):
-    path = write_config(tmp_path)
+def test_file_is_found_in_a_parent_folder(tmp_path, monkeypatch, config_file):
+    path = config_file()
     (tmp_path / "notebooks").mkdir()
     assert find_config_file(tmp_path / "notebooks") == path
     monkeypatch.setenv("NEUROPIPE_CONFIG", str(tmp_path / "missing.json"))
@@ -56,8 +44,8 @@ def test_file_is_found_in_a_parent_folder(tmp_path, monkeypatch):
         find_config_file()
 
 
-def test_other_keys_are_passed_to_datajoint(tmp_path):
-    assert load_settings(write_config(tmp_path, **{"display.limit": 5})).datajoint == {"display.limit": 5}
+def test_other_keys_are_passed_to_datajoint(tmp_path, config_file):
+    assert load_settings(config_file(**{"display.limit": 5})).datajoint == {"display.limit": 5}
 
 
 @pytest.mark.parametrize(
@@ -66,9 +54,9 @@ def test_other_keys_are_passed_to_datajoint(tmp_path):
      ({"database.port": "many"}, "expected an integer"),
      ({"database.port": 70000}, "expected 1..65535")],
 )
-def test_bad_values_are_named(tmp_path, values, message):
+def test_bad_values_are_named(tmp_path, values, message, config_file):
     with pytest.raises(ConfigurationError, match=message):
-        load_settings(write_config(tmp_path, **values))
+        load_settings(config_file(**values))
 
 
 def test_bad_json_is_named(tmp_path):
@@ -85,8 +73,8 @@ def test_the_checked_in_file_configures_the_embedded_server():
     assert settings.embedded and settings.backend == "postgresql"
 
 
-def test_boss_settings_come_from_the_file_and_the_environment_and_hide_the_token(tmp_path, monkeypatch):
-    path = write_config(tmp_path, **{"boss.host": "api.bossdb.io", "boss.token": "file-token"})
+def test_boss_settings_come_from_the_file_and_the_environment_and_hide_the_token(tmp_path, monkeypatch, config_file):
+    path = config_file(**{"boss.host": "api.bossdb.io", "boss.token": "file-token"})
     settings = load_settings(path)
     assert (settings.boss_host, settings.boss_protocol, settings.boss_token) == ("api.bossdb.io", "https", "file-token")
     monkeypatch.setenv("NEUROPIPE_BOSS_TOKEN", "environment-token")

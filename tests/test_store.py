@@ -1,7 +1,6 @@
 """The store of arrays: a directory or an object store (S3 on a local moto server), end to end."""
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
@@ -12,25 +11,9 @@ from neuropipe.config import load_settings
 from neuropipe.errors import ConfigurationError
 from neuropipe.io.stored import open_stored
 
-STORE_VARIABLES = ("NEUROPIPE_STORE", "NEUROPIPE_STORE_ENDPOINT", "NEUROPIPE_STORE_REGION",
-                   "NEUROPIPE_STORE_ACCESS_KEY", "NEUROPIPE_STORE_SECRET_KEY", "NEUROPIPE_STORE_TOKEN",
-                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "NEUROPIPE_CONFIG")
 
-
-@pytest.fixture
-def clean_environment(monkeypatch):
-    for variable in STORE_VARIABLES:
-        monkeypatch.delenv(variable, raising=False)
-
-
-def write_config(folder, **values):
-    path = folder / "dj_local_conf.json"
-    path.write_text(json.dumps(values))
-    return path
-
-
-def test_an_s3_store_is_read_from_the_file_and_the_environment(tmp_path, monkeypatch, clean_environment):
-    path = write_config(tmp_path, **{"neuropipe.store": "s3://lab-arrays/neuropipe", "store.region": "eu-west-1",
+def test_an_s3_store_is_read_from_the_file_and_the_environment(tmp_path, monkeypatch, bare_environment, config_file):
+    path = config_file(**{"neuropipe.store": "s3://lab-arrays/neuropipe", "store.region": "eu-west-1",
                                      "store.access_key": "AKIAEXAMPLE", "store.secret_key": "very-secret"})
     settings = load_settings(path)
     assert store.is_remote(settings) and store.protocol(settings) == "s3"
@@ -46,11 +29,11 @@ def test_an_s3_store_is_read_from_the_file_and_the_environment(tmp_path, monkeyp
     assert "very-secret" not in shown and "AKIAEXAMPLE" not in shown and "minio.lab:9000" in shown
 
 
-def test_aws_variables_are_the_fallback(tmp_path, monkeypatch, clean_environment):
+def test_aws_variables_are_the_fallback(tmp_path, monkeypatch, bare_environment, config_file):
     monkeypatch.setenv("NEUROPIPE_STORE", "s3://bucket")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
-    settings = load_settings(write_config(tmp_path))
+    settings = load_settings(config_file())
     spec = store.datajoint_spec(settings)
     assert (spec["endpoint"], spec["location"], spec["access_key"]) == ("http://127.0.0.1:9000", "", None)
     assert store.s3_region(settings) == "us-west-2"
@@ -61,25 +44,25 @@ def test_aws_variables_are_the_fallback(tmp_path, monkeypatch, clean_environment
     ("s3:///no-bucket", "a bucket name"),
     ("s3://key:secret@bucket/prefix", "credentials belong in store.access_key"),
 ])
-def test_a_malformed_store_url_is_refused_by_name(tmp_path, monkeypatch, clean_environment, url, complaint):
+def test_a_malformed_store_url_is_refused_by_name(tmp_path, monkeypatch, bare_environment, url, complaint, config_file):
     monkeypatch.setenv("NEUROPIPE_STORE", url)
     with pytest.raises(ConfigurationError, match="NEUROPIPE_STORE") as raised:
-        load_settings(write_config(tmp_path))
+        load_settings(config_file())
     assert complaint in str(raised.value)
 
 
-def test_half_a_key_pair_is_refused(tmp_path, monkeypatch, clean_environment):
+def test_half_a_key_pair_is_refused(tmp_path, monkeypatch, bare_environment, config_file):
     monkeypatch.setenv("NEUROPIPE_STORE", "s3://bucket/prefix")
     monkeypatch.setenv("NEUROPIPE_STORE_ACCESS_KEY", "only-this")
     with pytest.raises(ConfigurationError, match="set both, or neither"):
-        store.prepare(load_settings(write_config(tmp_path)))
+        store.prepare(load_settings(config_file()))
 
 
-def test_a_gs_store_names_its_missing_package(tmp_path, monkeypatch, clean_environment):
+def test_a_gs_store_names_its_missing_package(tmp_path, monkeypatch, bare_environment, config_file):
     if importlib.util.find_spec("gcsfs") is not None:
         pytest.skip("gcsfs is installed here: nothing is missing")
     monkeypatch.setenv("NEUROPIPE_STORE", "gs://bucket/prefix")
-    settings = load_settings(write_config(tmp_path))
+    settings = load_settings(config_file())
     assert store.datajoint_spec(settings)["protocol"] == "gcs"
     with pytest.raises(ConfigurationError, match="pip install gcsfs"):
         store.prepare(settings)
