@@ -129,7 +129,10 @@ class HostWorker:
     def stop(self) -> int | str:
         """SIGTERM the worker and return its exit status ('hung' for one killed after 60 s)."""
         if self.launcher.poll() is None:
-            os.kill(self.outer_pid, signal.SIGTERM)
+            try:
+                os.kill(self.outer_pid, signal.SIGTERM)
+            except ProcessLookupError:  # it has exited already; its launcher reports how
+                pass
         try:
             return self.launcher.wait(timeout=60)
         except subprocess.TimeoutExpired:
